@@ -1,0 +1,85 @@
+"""Multi-head softmax attention (MHA / GQA / MQA), self or cross, through the one attention core."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from formers.nn.attention.core import attend
+from formers.nn.config import ModelConfig
+from formers.nn.context import Context
+from formers.registry import Capabilities, Paper, register
+
+
+@register(
+    "attention",
+    "softmax",
+    paper=Paper("Attention Is All You Need", "1706.03762", "§3.2 eq. 1; GQA: arXiv 2305.13245"),
+    caps=Capabilities(kv_cache=True, cross=True, backend="sdpa (flash / mem-efficient / math); reference"),
+    summary="multi-head scaled dot-product attention (MHA / GQA / MQA)",
+)
+class SoftmaxAttention(nn.Module):
+    """softmax(Q K^T / sqrt(head_dim) + bias) V over heads, with n_kv_heads key/value heads.
+
+    Shapes: x (batch, seq_len, d_model) -> (batch, seq_len, d_model). Queries have n_heads heads,
+    keys/values ``cfg.kv_heads`` heads shared by n_heads / n_kv_heads queries each (GQA; MQA at 1).
+
+    Args:
+        cfg: the model config (d_model, n_heads, n_kv_heads, bias, dropout).
+        cross: attend to ``ctx.memory`` (encoder output) instead of ``x``; never causal, no RoPE.
+        backend: ``auto`` | ``sdpa`` | ``reference`` (see :func:`attend`).
+    """
+
+    def __init__(self, cfg: ModelConfig, cross: bool = False, backend: str = "auto") -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.cross, self.backend, self.dropout = cross, backend, cfg.dropout
+        d, hd = cfg.d_model, cfg.head_dim
+        self.q = nn.Linear(d, self.n_heads * hd, bias=cfg.bias)
+        self.k = nn.Linear(d, self.n_kv_heads * hd, bias=cfg.bias)
+        self.v = nn.Linear(d, self.n_kv_heads * hd, bias=cfg.bias)
+        self.o = nn.Linear(self.n_heads * hd, d, bias=cfg.bias)
+
+    def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        b, s, _ = t.shape
+        return t.view(b, s, n, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, ctx: Context, cache=None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self._heads(self.q(x), self.n_heads)
+        bias, key_mask, causal = None, ctx.key_mask, ctx.causal
+        if self.cross:
+            if ctx.memory is None:
+                raise ValueError("cross-attention needs ctx.memory (the encoder output)")
+            if cache is not None and cache.cross is not None:
+                k, v = cache.cross
+            else:
+                k = self._heads(self.k(ctx.memory), self.n_kv_heads)
+                v = self._heads(self.v(ctx.memory), self.n_kv_heads)
+                if cache is not None:
+                    cache.cross = (k, v)
+            key_mask, causal = ctx.memory_mask, False
+        else:
+            k = self._heads(self.k(x), self.n_kv_heads)
+            v = self._heads(self.v(x), self.n_kv_heads)
+            pos = ctx.positions
+            if ctx.position is not None:
+                q, k = ctx.position.rotate(q, pos), ctx.position.rotate(k, pos)
+            k_pos = pos
+            if cache is not None:
+                k, v, k_pos = cache.update(k, v, pos)
+            if ctx.position is not None:
+                bias = ctx.position.bias(pos, k_pos)
+        capture = ctx.capture is not None
+        out, w = attend(
+            q, k, v, causal=causal, bias=bias, key_mask=key_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            backend="reference" if capture else self.backend, return_weights=capture,
+        )
+        if capture:
+            tag = "cross" if self.cross else "attn"
+            ctx.record(f"{tag}.q", q)
+            ctx.record(f"{tag}.k", k)
+            ctx.record(f"{tag}.v", v)
+            ctx.record(f"{tag}.weights", w)
+        return self.o(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))

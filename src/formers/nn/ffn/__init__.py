@@ -1,0 +1,3 @@
+"""Feed-forward (channel mixer) parts."""
+
+from formers.nn.ffn import mlp  # noqa: F401  (registers)

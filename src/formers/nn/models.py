@@ -1,0 +1,180 @@
+"""Models built from the backbone: :class:`TransformerLM` (decoder-only causal LM or encoder-only
+bidirectional model) and :class:`EncoderDecoder`. :func:`build_model` picks by ``cfg.arch``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from formers.nn.cache import KVCache
+from formers.nn.config import ModelConfig
+from formers.nn.context import Context
+from formers.nn.position import build_position
+from formers.nn.transformer import Stack
+from formers.registry import get
+
+
+def _init_weights(model: nn.Module, cfg: ModelConfig, n_layers: int) -> None:
+    """GPT-2 initialisation: N(0, init_std) for linear and embedding weights, zero biases, and
+    residual output projections (attention ``o``, feed-forward ``down``) scaled by 1/sqrt(2L)."""
+    for name, p in model.named_parameters():
+        if p.dim() < 2 or "norm" in name:
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            continue
+        std = cfg.init_std
+        if name.endswith(("o.weight", "down.weight")):
+            std /= math.sqrt(2 * n_layers)
+        nn.init.normal_(p, std=std)
+
+
+class _Embedder(nn.Module):
+    """Token embedding plus additive positions (learned / sinusoidal), then dropout."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.position = build_position(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, ids: torch.Tensor, offset: int, ctx_capture: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if ids.dim() != 2:
+            raise ValueError(f"token ids must be (batch, seq_len), got shape {tuple(ids.shape)}")
+        t = ids.shape[1]
+        if offset + t > self.cfg.max_seq_len:
+            raise ValueError(
+                f"sequence of {offset + t} tokens is longer than max_seq_len = {self.cfg.max_seq_len}"
+            )
+        if t and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, {self.cfg.vocab_size}), got range "
+                f"[{int(ids.min())}, {int(ids.max())}]"
+            )
+        positions = torch.arange(offset, offset + t, device=ids.device)
+        x = self.tok(ids)
+        pe = self.position.embed(positions)
+        if ctx_capture is not None:
+            ctx_capture["embed.tok"] = x.detach()
+            if pe is not None:
+                ctx_capture["embed.pos"] = pe.detach()
+        if pe is not None:
+            x = x + pe.to(x.dtype)
+        return self.drop(x), positions
+
+
+class TransformerLM(nn.Module):
+    """Decoder-only (``arch='decoder'``, causal) or encoder-only (``arch='encoder'``) model with an
+    output projection to the vocabulary.
+
+    forward(ids (batch, seq_len) int64, cache=None, key_mask=None, capture=None)
+        -> logits (batch, seq_len, vocab_size).
+    ``cache`` (from :meth:`new_cache`) enables incremental decoding; ``capture`` is a dict that
+    receives named intermediates (it does not change the outputs).
+    Raises ValueError for ids out of range or sequences longer than ``max_seq_len``.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.arch not in ("decoder", "encoder"):
+            raise ValueError(f"TransformerLM takes arch 'decoder' or 'encoder', got {cfg.arch!r}")
+        self.cfg = cfg
+        self.embed = _Embedder(cfg)
+        self.stack = Stack(cfg, cfg.n_layers, causal=cfg.arch == "decoder")
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        _init_weights(self, cfg, cfg.n_layers)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.tok.weight
+
+    def new_cache(self) -> KVCache:
+        """An empty cache with each layer's policy; errors if a layer's mixer cannot be cached."""
+        if self.cfg.arch != "decoder":
+            raise ValueError("only decoder models decode incrementally with a cache")
+        return make_cache(self.cfg, self.cfg.n_layers)
+
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
+                key_mask: torch.Tensor | None = None, capture: dict | None = None) -> torch.Tensor:
+        offset = cache.offset if cache is not None else 0
+        x, positions = self.embed(ids, offset, capture)
+        ctx = Context(positions=positions, causal=self.stack.causal, position=self.embed.position,
+                      key_mask=key_mask, capture=capture)
+        x = self.stack(x, ctx, cache)
+        if cache is not None:
+            cache.offset += ids.shape[1]
+        logits = self.head(x)
+        if capture is not None:
+            capture["logits"] = logits.detach()
+        return logits
+
+
+def make_cache(cfg: ModelConfig, n_layers: int) -> KVCache:
+    specs = [cfg.layer_spec(i) for i in range(n_layers)]
+    for i, s in enumerate(specs):
+        if not get("attention", s.attention).caps.kv_cache:
+            raise ValueError(f"layer {i}: attention {s.attention!r} does not support a KV cache")
+    return KVCache([s.cache for s in specs])
+
+
+class EncoderDecoder(nn.Module):
+    """Encoder (bidirectional) + decoder (causal, with cross-attention), shared vocabulary.
+
+    encode(src (batch, src_len), src_mask=None) -> memory (batch, src_len, d_model)
+    decode(tgt (batch, tgt_len), memory, memory_mask=None, cache=None) -> logits (batch, tgt_len, vocab)
+    forward(src, tgt, src_mask=None) -> decode(tgt, encode(src)).
+    The encoder has ``n_encoder_layers`` (default n_layers) blocks, the decoder ``n_layers``.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.arch != "encoder-decoder":
+            raise ValueError(f"EncoderDecoder takes arch 'encoder-decoder', got {cfg.arch!r}")
+        self.cfg = cfg
+        n_enc = cfg.n_encoder_layers or cfg.n_layers
+        self.embed = _Embedder(cfg)
+        self.encoder = Stack(cfg, n_enc, causal=False)
+        self.decoder = Stack(cfg, cfg.n_layers, causal=True, cross=True)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        _init_weights(self, cfg, n_enc + cfg.n_layers)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.tok.weight
+
+    def new_cache(self) -> KVCache:
+        return make_cache(self.cfg, self.cfg.n_layers)
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None,
+               capture: dict | None = None) -> torch.Tensor:
+        x, positions = self.embed(src, 0, None)
+        ctx = Context(positions=positions, causal=False, position=self.embed.position,
+                      key_mask=src_mask, capture=capture)
+        return self.encoder(x, ctx)
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
+               cache: KVCache | None = None, capture: dict | None = None) -> torch.Tensor:
+        offset = cache.offset if cache is not None else 0
+        x, positions = self.embed(tgt, offset, capture)
+        ctx = Context(positions=positions, causal=True, position=self.embed.position,
+                      memory=memory, memory_mask=memory_mask, capture=capture)
+        x = self.decoder(x, ctx, cache)
+        if cache is not None:
+            cache.offset += tgt.shape[1]
+        return self.head(x)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor,
+                src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(tgt, self.encode(src, src_mask), src_mask)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model for ``cfg.arch``; every part and combination is checked before any weight exists."""
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"build_model expects a ModelConfig, got {type(cfg).__name__}")
+    if cfg.arch == "encoder-decoder":
+        return EncoderDecoder(cfg)
+    return TransformerLM(cfg)
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

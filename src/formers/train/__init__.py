@@ -1,0 +1,1 @@
+"""Training: config, task interface, trainer loop, checkpoints, distributed."""

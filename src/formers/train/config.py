@@ -1,0 +1,57 @@
+"""The training config: budget, optimiser, schedule, precision, checkpoints, output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from formers.config import Config, check_choice, check_positive
+
+
+@dataclass
+class TrainConfig(Config):
+    """How to train.
+
+    max_steps: optimiser steps. batch_size: sequences per micro-batch (global, over all ranks).
+    grad_accum: micro-batches per step. lr: peak learning rate, reached after warmup_steps of
+    linear warm-up, then cosine decay to lr * min_lr_ratio at max_steps. weight_decay: AdamW decay
+    for matrices (embeddings and weights of linear layers); biases, norms and other 1-D/0-D
+    parameters get none. grad_clip: global-norm clip (0 = off). eval_every / eval_batches:
+    validation cadence and size. checkpoint_every: steps between checkpoints (0 = only at the end).
+    device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``. dtype: ``auto`` (bf16
+    autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``. compile: ``torch.compile`` the model.
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 16
+    checkpoint_every: int = 0
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        o = "TrainConfig"
+        check_positive(o, max_steps=self.max_steps, batch_size=self.batch_size,
+                       grad_accum=self.grad_accum, lr=self.lr, eval_every=self.eval_every,
+                       eval_batches=self.eval_batches)
+        check_choice(o, "dtype", self.dtype, ("auto", "fp32", "bf16"))
+        for name in ("warmup_steps", "checkpoint_every", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{o}.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"{o}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{o}.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -1,0 +1,72 @@
+"""The task interface: data + model family + loss + metrics + default budget, under a name.
+
+A task is registered under registry kind ``task``. The trainer only talks to this interface, so
+every domain (text, time series, PDEs, ...) trains, resumes, evaluates and compares the same way.
+
+Determinism contract: ``train_batch(step, micro)`` must depend only on the task's seed, ``step``
+and ``micro``. The trainer therefore resumes exactly (the data position *is* the step) and DDP
+ranks take disjoint rows of the same global micro-batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from formers.nn.config import ModelConfig
+from formers.train.config import TrainConfig
+
+
+class Task(ABC):
+    """Base class of registered tasks.
+
+    Class attributes:
+        metric: the name of the main validation metric in ``evaluate``'s result (e.g. ``val_bpb``).
+        lower_is_better: direction of ``metric``.
+        default_models: the variants ``formers compare TASK`` runs when none are named.
+    """
+
+    metric: ClassVar[str] = "val_loss"
+    lower_is_better: ClassVar[bool] = True
+    default_models: ClassVar[tuple[str, ...]] = ("baseline",)
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    @abstractmethod
+    def model_config(self, variant: str = "baseline") -> ModelConfig:
+        """The config of model ``variant`` (a registered ``model`` preset) at this task's size."""
+
+    def build_model(self, cfg: ModelConfig) -> nn.Module:
+        from formers.nn.models import build_model
+
+        return build_model(cfg)
+
+    def default_train(self) -> TrainConfig:
+        """The task's default budget (overridden field by field from the CLI)."""
+        return TrainConfig()
+
+    @abstractmethod
+    def train_batch(self, step: int, micro: int, batch_size: int) -> dict[str, torch.Tensor]:
+        """The global micro-batch ``micro`` of optimiser step ``step``: tensors with batch dim first."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar mean training loss of ``batch`` (the trainer back-propagates it)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, n_batches: int, batch_size: int,
+                 device: torch.device) -> dict[str, float]:
+        """Validation metrics under their plain names; must include ``self.metric``."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the data recorded with a run (sizes, checksums, origin, licence)."""
+        return {}
+
+    def tokens_per_batch(self, batch: dict[str, torch.Tensor]) -> int:
+        """Units counted for throughput (tokens for LMs); default: elements of the first tensor."""
+        first = next(iter(batch.values()))
+        return int(first.numel())
