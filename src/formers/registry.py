@@ -128,6 +128,8 @@ def entries(kind: str | None = None) -> Iterator[Entry]:
 def as_row(e: Entry) -> dict[str, str]:
     caps = dataclasses.asdict(e.caps)
     flags = [k for k, v in caps.items() if v is True and k not in ("compile_safe", "export_safe")]
+    if e.kind not in ("attention", "cache"):
+        flags = []
     return {
         "kind": e.kind,
         "name": e.name,

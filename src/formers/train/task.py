@@ -70,3 +70,21 @@ class Task(ABC):
         """Units counted for throughput (tokens for LMs); default: elements of the first tensor."""
         first = next(iter(batch.values()))
         return int(first.numel())
+
+
+def make_task(name: str, seed: int = 0, options: dict[str, Any] | None = None) -> Task:
+    """Build registered task ``name`` with keyword ``options`` (names checked first).
+
+    Raises ValueError for an unknown task or an option the task does not take.
+    """
+    import inspect
+
+    from formers.registry import get
+
+    cls = get("task", name).obj
+    options = dict(options or {})
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "seed")]
+    bad = [k for k in options if k not in allowed]
+    if bad:
+        raise ValueError(f"task {name!r} does not take option(s) {bad}; allowed: {allowed}")
+    return cls(seed=seed, **options)

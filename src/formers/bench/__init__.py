@@ -1,0 +1,1 @@
+"""Comparisons and benchmarks built on the trainer and the registry."""

@@ -1,0 +1,125 @@
+"""``formers compare``: train several model variants on one task with the same data, budget and
+seeds; one table (params, final metric mean ± std, tokens/s, peak memory, Welch p-value against
+the first model) and one plot of validation curves. A killed comparison resumes: finished runs
+are reused and an interrupted run continues from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from formers.atomic import atomic_write, write_json, write_text
+from formers.nn.config import ModelConfig
+from formers.train.config import TrainConfig
+from formers.train.task import make_task
+from formers.train.trainer import Trainer
+
+
+def _read_curve(run: Path, metric: str) -> list[tuple[int, float]]:
+    pts = []
+    path = run / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if metric in rec:
+                pts.append((int(rec["step"]), float(rec[metric])))
+    return pts
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided Welch t-test p-value (scipy), or None with fewer than 2 runs per side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:
+        return None
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def compare(task_name: str, models: list[str], seeds: int, train: TrainConfig, out: Path,
+            task_options: dict[str, Any] | None = None,
+            model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train every (model, seed) pair and summarise. Returns the summary written to compare.json."""
+    if not models:
+        raise ValueError("compare: name at least one model (--models a,b,...)")
+    if seeds <= 0:
+        raise ValueError(f"compare: seeds must be > 0, got {seeds}")
+    tasks = {s: make_task(task_name, s, task_options) for s in range(seeds)}
+    configs = {}
+    for m in models:  # build every config first: a bad name fails before any training
+        cfg = tasks[0].model_config(m)
+        if model_overrides:
+            cfg = ModelConfig.from_dict({**cfg.to_dict(), **model_overrides})
+        configs[m] = cfg
+    metric = tasks[0].metric
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
+    for m in models:
+        for s in range(seeds):
+            run = out / m / f"seed{s}"
+            if (run / "summary.json").is_file():
+                summary = json.loads((run / "summary.json").read_text())
+            else:
+                resume = (run / "ckpt").exists()
+                summary = Trainer(tasks[s], configs[m], train.replace(seed=s), run, resume=resume).fit()
+            runs[m].append({"seed": s, "run": str(run), **summary})
+    rows = []
+    base = [r[metric] for r in runs[models[0]]]
+    for m in models:
+        vals = [r[metric] for r in runs[m]]
+        rows.append({
+            "model": m,
+            "params": runs[m][0].get("params"),
+            metric: statistics.mean(vals),
+            f"{metric}_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "tokens_per_s": statistics.mean(r.get("tokens_per_s", math.nan) for r in runs[m]),
+            "peak_mem_mb": statistics.mean(r.get("peak_mem_mb", math.nan) for r in runs[m]),
+            "p_vs_first": None if m == models[0] else welch_p(vals, base),
+        })
+    result = {"task": task_name, "metric": metric, "lower_is_better": tasks[0].lower_is_better,
+              "seeds": seeds, "train": train.to_dict(), "task_info": tasks[0].describe(),
+              "rows": rows, "runs": runs}
+    write_json(out / "compare.json", result)
+    write_text(out / "compare.md", table_markdown(result))
+    plot_curves(out, models, seeds, metric)
+    return result
+
+
+def table_markdown(result: dict[str, Any]) -> str:
+    metric = result["metric"]
+    head = f"| model | params | {metric} (mean ± std, {result['seeds']} seeds) | tokens/s | peak MB | p vs {result['rows'][0]['model']} |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        p = "-" if r["p_vs_first"] is None else f"{r['p_vs_first']:.3g}"
+        lines.append(f"| {r['model']} | {r['params']:,} | {r[metric]:.4f} ± {r[metric + '_std']:.4f} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['peak_mem_mb']:,.0f} | {p} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(out: Path, models: list[str], seeds: int, metric: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in models:
+        curves = [_read_curve(out / m / f"seed{s}", metric) for s in range(seeds)]
+        steps = sorted({st for c in curves for st, _ in c})
+        means = []
+        for st in steps:
+            vals = [v for c in curves for s2, v in c if s2 == st]
+            means.append(statistics.mean(vals))
+        ax.plot(steps, means, marker="o", ms=3, label=m)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / "compare.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path

@@ -1,0 +1,289 @@
+"""The ``formers`` command line: list, info, train, eval, generate, compare.
+
+Built with tyro from typed functions and the config dataclasses. Every training flag of
+:class:`~formers.train.config.TrainConfig` is a flag (``--max-steps``, ``--seed``, ``--device``,
+``--quiet`` ...); unset flags take the task's default budget. A YAML file (``--config``) may hold
+``model:``, ``train:`` and ``task:`` sections; flags override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import tyro
+
+from formers.train.config import TrainConfig
+
+
+def _load_all() -> None:
+    """Import every part so the registry is complete."""
+    import formers.nn  # noqa: F401
+    import formers.text  # noqa: F401
+
+
+def _flags_class() -> type:
+    """TrainConfig's fields as optional flags (None = the task's default)."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields = []
+    for f in dataclasses.fields(TrainConfig):
+        tp = hints[f.name]
+        if tp is bool:
+            fields.append((f.name, bool, dataclasses.field(default=False)))
+        else:
+            fields.append((f.name, Annotated[Optional[tp], tyro.conf.arg(help="default: the task's")],
+                           dataclasses.field(default=None)))
+    return dataclasses.make_dataclass("TrainFlags", fields)
+
+
+TrainFlags = _flags_class()
+
+
+def _pairs(items: tuple[str, ...], what: str) -> dict[str, Any]:
+    """``key=value`` strings to a dict; values parsed as YAML scalars/lists (``8``, ``true``, ``[a,b]``)."""
+    import yaml
+
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ValueError(f"{what}: expected key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+def _read_yaml(path: Optional[Path]) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    bad = sorted(set(data) - {"model", "train", "task"})
+    if bad:
+        raise ValueError(f"{path}: unknown section(s) {bad}; allowed: model, train, task")
+    return data
+
+
+def _train_config(task, flags, yaml_train: dict[str, Any]) -> TrainConfig:
+    base = task.default_train().to_dict()
+    base.update(yaml_train)
+    base.update({k: v for k, v in dataclasses.asdict(flags).items() if v is not None and v is not False})
+    return TrainConfig.from_dict(base)
+
+
+def _task_options(cfg: dict[str, Any], data: tuple[str, ...], opt: tuple[str, ...]) -> dict[str, Any]:
+    options = dict(cfg.get("task", {}))
+    options.update(_pairs(opt, "--opt"))
+    if data:
+        options["data"] = list(data)
+    return options
+
+
+def list_cmd(kind: tyro.conf.Positional[Optional[str]] = None) -> None:
+    """Print the registry (every part, its paper and capabilities), optionally one KIND only."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from formers import registry
+
+    _load_all()
+    table = Table(title="formers registry" + (f": {kind}" if kind else ""))
+    for col in ("kind", "name", "summary", "paper", "capabilities", "backend"):
+        table.add_column(col, overflow="fold")
+    for e in registry.entries(kind):
+        table.add_row(*registry.as_row(e).values())
+    Console().print(table)
+
+
+def info_cmd() -> None:
+    """Print torch version, device, threads and which attention backends work here (and why not)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from formers.info import backend_report, system_info
+
+    c = Console()
+    for k, v in system_info().items():
+        c.print(f"[bold]{k}[/bold]: {v}")
+    t = Table(title="attention backends")
+    for col in ("device", "backend", "usable", "why"):
+        t.add_column(col, overflow="fold")
+    for r in backend_report():
+        t.add_row(*r.values())
+    c.print(t)
+
+
+def train_cmd(
+    task: tyro.conf.Positional[str],
+    flags: tyro.conf.OmitArgPrefixes[TrainFlags],  # type: ignore[valid-type]
+    model: str = "baseline",
+    out: Optional[Path] = None,
+    resume: bool = False,
+    config: Optional[Path] = None,
+    data: tuple[str, ...] = (),
+    set: tuple[str, ...] = (),
+    opt: tuple[str, ...] = (),
+) -> None:
+    """Train MODEL (a registered model variant) on TASK; writes a run folder with summary.json.
+
+    Args:
+        task: a registered task (see `formers list task`).
+        model: model variant (see `formers list model`).
+        out: run folder (default runs/TASK-MODEL-seedS).
+        resume: continue the run in --out from its last checkpoint.
+        config: YAML with optional model:, train:, task: sections.
+        data: files or folders for tasks that read data (e.g. lm).
+        set: model config overrides, e.g. --set d_model=256 n_layers=6.
+        opt: task options, e.g. --opt seq_len=256.
+    """
+    from formers.nn.config import ModelConfig
+    from formers.train.task import make_task
+    from formers.train.trainer import Trainer
+
+    _load_all()
+    cfg_file = _read_yaml(config)
+    seed = flags.seed if flags.seed is not None else cfg_file.get("train", {}).get("seed", 0)
+    t = make_task(task, seed, _task_options(cfg_file, data, opt))
+    mcfg = t.model_config(model)
+    overrides = {**cfg_file.get("model", {}), **_pairs(set, "--set")}
+    if overrides:
+        mcfg = ModelConfig.from_dict({**mcfg.to_dict(), **overrides})
+    tcfg = _train_config(t, flags, cfg_file.get("train", {}))
+    out = out or Path("runs") / f"{task}-{model}-seed{tcfg.seed}"
+    summary = Trainer(t, mcfg, tcfg, out, resume=resume).fit()
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, indent=2))
+
+
+def _run_task(run: Path):
+    """The task and model of a run folder (written by the trainer)."""
+    import yaml
+
+    from formers.nn.io import load_model
+    from formers.train.task import make_task
+
+    run = Path(run)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: is {run} a formers run folder?")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    desc = cfg.get("task", {})
+    seed = cfg.get("train", {}).get("seed", 0)
+    task = make_task(desc["task"], seed, desc.get("options", {}))
+    ckpt = run / "ckpt"
+    return task, load_model(ckpt if ckpt.is_dir() else run), cfg
+
+
+def eval_cmd(run: tyro.conf.Positional[Path], device: str = "cpu", batches: int = 16,
+             batch_size: int = 32) -> None:
+    """Evaluate a trained run folder's model on its task's validation data and print the metrics."""
+    import torch
+
+    _load_all()
+    task, model, _ = _run_task(run)
+    dev = torch.device(device)
+    print(json.dumps(task.evaluate(model.to(dev), batches, batch_size, dev), indent=2))
+
+
+def generate_cmd(
+    run: tyro.conf.Positional[Path],
+    prompt: str = "def ",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    device: str = "cpu",
+) -> None:
+    """Continue PROMPT with a trained byte-level LM (run folder or model folder)."""
+    import torch
+
+    from formers.nn.generate import SamplingConfig, generate
+    from formers.text.tokenizer import ByteTokenizer
+
+    _load_all()
+    s = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    _, model, _ = _run_task(run)
+    tok = ByteTokenizer()
+    ids = tok.encode(prompt)
+    if not ids:
+        raise ValueError("--prompt must not be empty")
+    room = model.cfg.max_seq_len - len(ids)
+    if room < max_new_tokens:
+        raise ValueError(f"prompt of {len(ids)} bytes + max_new_tokens {max_new_tokens} exceeds the "
+                         f"model's max_seq_len {model.cfg.max_seq_len}")
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.tensor([ids], device=device)
+    out = generate(model.to(device), x, s, generator=g)
+    print(tok.decode(out[0]))
+
+
+def compare_cmd(
+    task: tyro.conf.Positional[str],
+    flags: tyro.conf.OmitArgPrefixes[TrainFlags],  # type: ignore[valid-type]
+    models: Optional[str] = None,
+    seeds: int = 1,
+    out: Optional[Path] = None,
+    config: Optional[Path] = None,
+    data: tuple[str, ...] = (),
+    set: tuple[str, ...] = (),
+    opt: tuple[str, ...] = (),
+) -> None:
+    """Train each model on TASK with the same data, budget and seeds; print and save one table
+    (compare.md / compare.json) and one plot of validation curves (compare.png).
+
+    Args:
+        models: comma-separated model variants (default: the task's default set).
+        seeds: seeds per model (0..N-1); mean ± std and a Welch p-value against the first model.
+        out: output folder (default runs/compare-TASK). Re-running resumes unfinished runs.
+    """
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from formers.bench.compare import compare, table_markdown
+    from formers.train.task import make_task
+
+    _load_all()
+    cfg_file = _read_yaml(config)
+    options = _task_options(cfg_file, data, opt)
+    probe = make_task(task, 0, options)
+    names = [m.strip() for m in models.split(",")] if models else list(probe.default_models)
+    tcfg = _train_config(probe, flags, cfg_file.get("train", {}))
+    out = out or Path("runs") / f"compare-{task}"
+    overrides = {**cfg_file.get("model", {}), **_pairs(set, "--set")}
+    result = compare(task, names, seeds, tcfg, out, options, overrides or None)
+    c = Console()
+    c.print(Markdown(table_markdown(result)))
+    info = result["task_info"]
+    if "unigram_entropy_bpb" in info:
+        c.print(f"unigram entropy of the training corpus: {info['unigram_entropy_bpb']:.3f} bits/byte "
+                f"(a model that ignores context scores this)")
+    c.print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
+
+
+COMMANDS = {
+    "list": list_cmd,
+    "info": info_cmd,
+    "train": train_cmd,
+    "eval": eval_cmd,
+    "generate": generate_cmd,
+    "compare": compare_cmd,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="formers")
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"formers: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
