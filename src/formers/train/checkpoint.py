@@ -1,0 +1,317 @@
+"""Checkpoints of a run: model, optimiser state, RNG states and trainer state in one folder.
+
+Layout of ``RUN/ckpt/``::
+
+    config.json          the model config           (formers.nn.io.save_model)
+    model.safetensors    the weights, tied once     (formers.nn.io.save_model)
+    optimizer.safetensors  optimiser state tensors, keyed ``state.<param index>.<name>``
+    rng.safetensors      RNG states as tensors: torch CPU (uint8), CUDA per device (uint8),
+                         numpy MT19937 keys (int64)
+    state.json           step, schedule, train config, best metric, optimiser param groups and
+                         scalar state, python / numpy RNG scalars; written last (completion mark)
+
+Saving is atomic at the folder level: everything is written to a fresh ``RUN/ckpt.tmp-XXXX``,
+then the old ``ckpt`` is renamed to ``ckpt.old-XXXX`` and the new folder renamed to ``ckpt``;
+stale folders are deleted afterwards. A process killed at any moment therefore leaves either
+``ckpt`` or (between the two renames) a complete ``ckpt.old-XXXX``, which :func:`find_checkpoint`
+picks up. Nothing is ever unpickled: tensors come from safetensors, the rest from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from formers.atomic import atomic_write, write_json
+from formers.nn.config import ModelConfig
+from formers.train.distributed import unwrap
+
+CKPT = "ckpt"
+STATE_FILE = "state.json"
+FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG states (no pickle: byte tensors + JSON scalars)
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The global RNG states as (tensors for safetensors, JSON-able scalars)."""
+    tensors = {"torch_cpu": torch.get_rng_state().clone()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s.cpu().clone()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64).copy())
+    pv, pstate, pgauss = random.getstate()
+    scalars = {
+        "numpy": {"name": name, "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": pv, "state": list(pstate), "gauss_next": pgauss},
+    }
+    return tensors, scalars
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
+    """Restore the states captured by :func:`rng_state` (CUDA ones only if the device count matches)."""
+    torch.set_rng_state(tensors["torch_cpu"].to(torch.uint8))
+    cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors)) if f"cuda.{i}" in tensors]
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all([c.to(torch.uint8) for c in cuda])
+    n = scalars["numpy"]
+    np.random.set_state((n["name"], tensors["numpy_keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = scalars["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimiser state
+
+
+def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    groups = []
+    for g in sd["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), tuple):
+            g["betas"] = list(g["betas"])
+        groups.append(g)
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = v
+    for idx, sc in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(sc)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+
+
+def _rename(src: str | Path, dst: str | Path) -> None:
+    """One rename (a seam for tests that simulate a crash mid-swap)."""
+    os.rename(src, dst)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+
+
+def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    *, step: int, train_cfg: Any = None, best: dict | None = None,
+                    schedule: dict | None = None, extra: dict | None = None) -> Path:
+    """Write ``run_dir/ckpt`` atomically (see the module docstring) and return its path.
+
+    Args:
+        model: the model (DDP / compiled wrappers are unwrapped); must carry ``.cfg``.
+        optimizer: its state tensors go to ``optimizer.safetensors`` (None: no optimiser state).
+        step: optimiser steps completed. train_cfg: a Config (stored as a dict) or None.
+        best: e.g. ``{"name": "val_bpb", "value": 1.2, "step": 400}``. schedule: facts about the
+        learning-rate schedule. extra: any JSON-able trainer facts.
+    """
+    from formers.nn.io import save_model
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = unwrap(model)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{CKPT}.tmp-", dir=run_dir))
+    save_model(model, tmp)
+    opt_meta = None
+    if optimizer is not None:
+        opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
+        _save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+    rng_tensors, rng_scalars = rng_state()
+    _save_tensors(tmp / "rng.safetensors", rng_tensors)
+    cfg_dict = train_cfg.to_dict() if hasattr(train_cfg, "to_dict") else train_cfg
+    state = {
+        "format": FORMAT_VERSION,
+        "step": int(step),
+        "train_config": cfg_dict,
+        "schedule": schedule or {},
+        "best": best,
+        "optimizer": opt_meta,
+        "rng": rng_scalars,
+        "torch": torch.__version__,
+        "extra": extra or {},
+    }
+    write_json(tmp / STATE_FILE, state)  # last: marks the folder complete
+    _fsync_dir(tmp)
+
+    final = run_dir / CKPT
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{CKPT}.old-", dir=run_dir))
+        os.rmdir(old)
+        _rename(final, old)
+    _rename(tmp, final)
+    _fsync_dir(run_dir)
+    for stale in list(run_dir.glob(f"{CKPT}.old-*")) + list(run_dir.glob(f"{CKPT}.tmp-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_state(folder: Path) -> dict:
+    path = folder / STATE_FILE
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a complete checkpoint: {STATE_FILE} is missing")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is corrupt (not valid JSON): {e}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(f"{path} is corrupt: expected an object with an integer 'step'")
+    return state
+
+
+def find_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of ``run_dir``, or None.
+
+    ``ckpt`` when it holds ``state.json``; otherwise (a save killed between its two renames) the
+    ``ckpt.old-*`` folder with the highest step. Unfinished ``ckpt.tmp-*`` folders are ignored.
+    """
+    run_dir = Path(run_dir)
+    final = run_dir / CKPT
+    if (final / STATE_FILE).is_file():
+        return final
+    best: tuple[int, Path] | None = None
+    for old in run_dir.glob(f"{CKPT}.old-*"):
+        try:
+            step = _read_state(old)["step"]
+        except ValueError:
+            continue
+        if best is None or step > best[0]:
+            best = (step, old)
+    return best[1] if best else None
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ValueError(f"checkpoint file {path} is missing")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own types for corrupt headers / data
+        raise ValueError(f"checkpoint file {path} is corrupt: {e}") from None
+
+
+def _config_diff(a: dict, b: dict) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def check_model_config(folder: str | Path, cfg: ModelConfig) -> None:
+    """Raise ValueError when ``folder/config.json`` is not ``cfg`` (naming the differing fields)."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ValueError(f"checkpoint {folder} has no config.json")
+    try:
+        saved = ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))).to_dict()
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is not a valid model config: {e}") from None
+    now = json.loads(json.dumps(cfg.to_dict()))
+    saved = json.loads(json.dumps(saved))
+    if saved != now:
+        raise ValueError(f"checkpoint {folder} was saved for a different model config: "
+                         + "; ".join(_config_diff(saved, now)))
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    *, restore_rng: bool = True) -> dict:
+    """Load a checkpoint into ``model`` (and ``optimizer``, and the global RNGs); return state.json.
+
+    ``path`` is a checkpoint folder or a run folder (its :func:`find_checkpoint` is used).
+    The model's weights are loaded in place (strict: every tensor must match in name and shape).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        ValueError: the checkpoint was saved for a different model config, or a file is missing,
+            corrupt or does not match the model / optimiser.
+    """
+    from safetensors.torch import load_model as st_load
+
+    path = Path(path)
+    folder = path if (path / STATE_FILE).is_file() or (path / "model.safetensors").is_file() \
+        else find_checkpoint(path)
+    if folder is None:
+        raise FileNotFoundError(f"no checkpoint found in {path}")
+    state = _read_state(folder)
+    model = unwrap(model)
+    cfg = getattr(model, "cfg", None)
+    if isinstance(cfg, ModelConfig):
+        check_model_config(folder, cfg)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"checkpoint file {weights} is missing")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        missing, unexpected = st_load(model, str(weights), strict=False, device=str(device))
+    except Exception as e:
+        raise ValueError(f"checkpoint file {weights} is corrupt or does not fit the model: {e}") from None
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not match the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    if optimizer is not None:
+        if state.get("optimizer") is None:
+            raise ValueError(f"checkpoint {folder} holds no optimiser state")
+        tensors = _load_tensors(folder / "optimizer.safetensors")
+        try:
+            optimizer.load_state_dict(_optimizer_from_flat(tensors, state["optimizer"]))
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"optimiser state in {folder} does not fit the optimiser: {e}") from None
+    if restore_rng:
+        rng = _load_tensors(folder / "rng.safetensors")
+        try:
+            set_rng_state(rng, state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"RNG state in {folder} is corrupt: {e}") from None
+    state["path"] = str(folder)
+    return state
