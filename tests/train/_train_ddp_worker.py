@@ -1,5 +1,6 @@
 """Run by torchrun in test_train_ddp.py: train the synthetic task on every rank."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,6 @@ from formers.train.trainer import Trainer  # noqa: E402
 
 if __name__ == "__main__":
     out = sys.argv[1]
-    summary = Trainer(SynthTask(seed=0), tiny_model_config(dropout=0.0),
+    summary = Trainer(SynthTask(seed=0), tiny_model_config(dropout=0.0, bias=False),
                       tiny_train_config(max_steps=4, batch_size=4, grad_accum=2, eval_every=2), out).fit()
-    print("RANK_DONE", summary["world_size"])
+    os.write(1, f"RANK_DONE {summary['world_size']}\n".encode())  # one write: no interleaving
