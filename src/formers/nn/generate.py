@@ -44,8 +44,9 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         probs = torch.softmax(sorted_logits.float(), dim=-1)
-        # drop a token when the mass of the tokens before it already reaches top_p
-        drop = (probs.cumsum(-1) - probs) >= top_p
+        # drop a token when the mass of the tokens before it already reaches top_p (the 1e-6
+        # absorbs float32 rounding of the running sum at an exact boundary)
+        drop = (probs.cumsum(-1) - probs) >= top_p - 1e-6
         drop[..., 0] = False
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits

@@ -25,7 +25,7 @@ def _init_weights(model: nn.Module, cfg: ModelConfig, n_layers: int) -> None:
                 nn.init.zeros_(p)
             continue
         std = cfg.init_std
-        if name.endswith(("o.weight", "down.weight")):
+        if name.endswith((".o.weight", ".down.weight")):
             std /= math.sqrt(2 * n_layers)
         nn.init.normal_(p, std=std)
 
@@ -170,6 +170,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """The model for ``cfg.arch``; every part and combination is checked before any weight exists."""
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"build_model expects a ModelConfig, got {type(cfg).__name__}")
+    for i in range(cfg.n_layers):
+        get("cache", cfg.layer_spec(i).cache)  # unknown cache policies fail here, not at decoding
     if cfg.arch == "encoder-decoder":
         return EncoderDecoder(cfg)
     return TransformerLM(cfg)

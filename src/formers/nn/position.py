@@ -65,6 +65,8 @@ def sinusoid_table(n: int, d: int, base: float = 10000.0) -> torch.Tensor:
 
 @register("position", "sinusoidal", paper=VASWANI, summary="fixed sinusoids added to embeddings")
 class SinusoidalPosition(Position):
+    """Fixed (max_seq_len, d_model) sin/cos table (:func:`sinusoid_table`) added to the embeddings."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         self.register_buffer("table", sinusoid_table(cfg.max_seq_len, cfg.d_model), persistent=False)

@@ -110,6 +110,8 @@ def attend(
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
+    if allowed is not None:  # a query that may see no key gets zeros (as SDPA does), not NaN
+        weights = weights.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
     p = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
     out = torch.matmul(p, v.float()).to(q.dtype)
     return out, (weights if return_weights else None)
