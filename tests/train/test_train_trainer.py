@@ -26,7 +26,7 @@ def test_fit_writes_run_folder(tmp_path):
     assert recs[-1]["train_loss"] < recs[0]["train_loss"]
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary
-    for k in ("val_loss", "params", "tokens_per_s", "peak_memory_mb", "wall_time_s", "steps"):
+    for k in ("val_loss", "params", "tokens_per_s", "peak_mem_mb", "wall_time_s", "steps"):
         assert k in summary, k
     assert summary["steps"] == 8 and summary["val_loss"] == recs[-1]["val_loss"]
     assert summary["best"]["name"] == "val_loss" and summary["best"]["step"] in (4, 8)
@@ -34,7 +34,8 @@ def test_fit_writes_run_folder(tmp_path):
     assert cfg["model"]["d_model"] == 16 and cfg["train"]["max_steps"] == 8
     assert cfg["seed"] == 0 and cfg["device"] == "cpu" and cfg["dtype"] == "fp32"
     assert cfg["torch"] == torch.__version__ and cfg["threads"] == 1
-    assert cfg["task"]["describe"]["vocab"] == 16 and "git_commit" in cfg
+    assert cfg["task"]["vocab"] == 16 and cfg["task"]["task"] == "SynthTask" and "git_commit" in cfg
+    assert cfg["task"]["metric"] == "val_loss" and cfg["task"]["seed"] == 0
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -8,6 +8,7 @@ Without torchrun every helper degrades to the single-process case (rank 0 of 1).
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -68,12 +69,15 @@ def setup(device_type: str) -> DistInfo:
         raise ValueError(f"RANK must be in [0, {world}) when WORLD_SIZE = {world}, got {rank}")
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=False)
+    kwargs = {}
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
         backend = "nccl"
+        if "device_id" in inspect.signature(dist.init_process_group).parameters:
+            kwargs["device_id"] = torch.device("cuda", local_rank)  # binds barriers to our GPU
     else:
         backend = "gloo"
-    dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
     return DistInfo(rank, world, local_rank, owns_group=True)
 
 

@@ -14,7 +14,7 @@ The run folder ``out_dir`` receives::
     metrics.jsonl   one line per step: step, train_loss, lr, grad_norm, tokens, tokens_per_s
                     (+ validation metrics on eval steps)
     summary.json    final validation metrics under their plain names, params, tokens_per_s,
-                    peak_memory_mb, wall_time_s, steps, best metric
+                    peak_mem_mb, wall_time_s, steps, best metric
     loss.png        train and validation curves
     ckpt/           the latest checkpoint (formers.train.checkpoint)
 
@@ -128,6 +128,19 @@ def peak_memory_mb(device: torch.device) -> float:
 def _plain(obj: Any) -> Any:
     """``obj`` as plain JSON types (unknown objects become strings)."""
     return json.loads(json.dumps(obj, default=str))
+
+
+def _registry_name(task: Task) -> str:
+    """The name ``task``'s class is registered under (kind ``task``), else its class name."""
+    try:
+        from formers.registry import get_kind
+
+        for name, entry in get_kind("task").items():
+            if entry.obj is type(task):
+                return name
+    except (ImportError, ValueError):
+        pass
+    return type(task).__name__
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -283,15 +296,19 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _task_info(self) -> dict:
+        """The ``task:`` section of config.yaml: ``task.describe()`` at the top level (so a run
+        folder can rebuild its task from ``task`` = registry name and ``options``), plus the
+        class, seed, metric and its direction."""
         t = self.task
-        return _plain({
-            "name": getattr(t, "name", None) or type(t).__name__,
-            "class": f"{type(t).__module__}.{type(t).__qualname__}",
-            "seed": getattr(t, "seed", None),
-            "metric": t.metric,
-            "lower_is_better": t.lower_is_better,
-            "describe": t.describe(),
-        })
+        info = dict(t.describe() or {})
+        info.setdefault("task", _registry_name(t))
+        if isinstance(getattr(t, "options", None), dict):
+            info.setdefault("options", t.options)
+        info.setdefault("class", f"{type(t).__module__}.{type(t).__qualname__}")
+        info.setdefault("seed", getattr(t, "seed", None))
+        info.setdefault("metric", t.metric)
+        info.setdefault("lower_is_better", t.lower_is_better)
+        return _plain(info)
 
     def _write_config(self) -> None:
         import yaml
@@ -394,7 +411,7 @@ class Trainer:
 
         The summary holds the final validation metrics under their plain names (e.g. ``val_bpb``;
         on rank 0 only), ``train_loss``, ``steps``, ``params``, ``tokens``, ``tokens_per_s``,
-        ``peak_memory_mb``, ``wall_time_s``, ``best``, ``seed``, ``device``, ``dtype``.
+        ``peak_mem_mb``, ``wall_time_s``, ``best``, ``seed``, ``device``, ``dtype``.
         """
         try:
             return self._fit()
@@ -457,7 +474,7 @@ class Trainer:
 
         wall = time.perf_counter() - t0
         summary: dict[str, Any] = {
-            "task": self._task_info()["name"],
+            "task": self._task_info()["task"],
             "metric": self.task.metric,
             **(last_eval or {}),
             "train_loss": last_loss,
@@ -465,7 +482,7 @@ class Trainer:
             "params": count_params(D.unwrap(self.model)),
             "tokens": self.tokens_seen,
             "tokens_per_s": session_tokens / train_time if train_time > 0 else None,
-            "peak_memory_mb": peak_memory_mb(self.device),
+            "peak_mem_mb": peak_memory_mb(self.device),
             "wall_time_s": wall,
             "best": self.best,
             "resumed_from_step": self.start_step or None,
