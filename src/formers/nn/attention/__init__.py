@@ -1,6 +1,7 @@
 """Token mixers. Every softmax variant computes through :func:`formers.nn.attention.core.attend`."""
 
 from formers.nn.attention import softmax  # noqa: F401  (registers)
+from formers.nn.attention import kv  # noqa: F401  (registers)
 from formers.nn.attention.core import attend
 
 __all__ = ["attend"]
