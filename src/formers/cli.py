@@ -165,6 +165,7 @@ def _run_task(run: Path):
     import yaml
 
     from formers.nn.io import load_model
+    from formers.train.checkpoint import find_checkpoint
     from formers.train.task import make_task
 
     run = Path(run)
@@ -175,19 +176,29 @@ def _run_task(run: Path):
     desc = cfg.get("task", {})
     seed = cfg.get("train", {}).get("seed", 0)
     task = make_task(desc["task"], seed, desc.get("options", {}))
-    ckpt = run / "ckpt"
-    return task, load_model(ckpt if ckpt.is_dir() else run), cfg
+    ckpt = find_checkpoint(run)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run} holds no checkpoint (ckpt/): the run has not saved yet")
+    return task, load_model(ckpt), cfg
 
 
-def eval_cmd(run: tyro.conf.Positional[Path], device: str = "cpu", batches: int = 16,
-             batch_size: int = 32) -> None:
-    """Evaluate a trained run folder's model on its task's validation data and print the metrics."""
+def eval_cmd(run: tyro.conf.Positional[Path], device: str = "cpu", batches: Optional[int] = None,
+             batch_size: Optional[int] = None) -> None:
+    """Evaluate a run folder's latest checkpoint on its task's validation data and print the metrics.
+
+    Args:
+        batches / batch_size: default to the run's eval_batches / batch_size, so the numbers
+            match the run's own final evaluation.
+    """
     import torch
 
     _load_all()
-    task, model, _ = _run_task(run)
+    task, model, cfg = _run_task(run)
+    train = cfg.get("train", {})
     dev = torch.device(device)
-    print(json.dumps(task.evaluate(model.to(dev), batches, batch_size, dev), indent=2))
+    n = batches or train.get("eval_batches", 16)
+    bs = batch_size or train.get("batch_size", 32)
+    print(json.dumps(task.evaluate(model.to(dev), n, bs, dev), indent=2))
 
 
 def generate_cmd(

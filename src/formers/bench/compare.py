@@ -63,8 +63,7 @@ def compare(task_name: str, models: list[str], seeds: int, train: TrainConfig, o
             if (run / "summary.json").is_file():
                 summary = json.loads((run / "summary.json").read_text())
             else:
-                resume = (run / "ckpt").exists()
-                summary = Trainer(tasks[s], configs[m], train.replace(seed=s), run, resume=resume).fit()
+                summary = Trainer(tasks[s], configs[m], train.replace(seed=s), run, resume=True).fit()
             runs[m].append({"seed": s, "run": str(run), **summary})
     rows = []
     base = [r[metric] for r in runs[models[0]]]

@@ -440,7 +440,7 @@ class Trainer:
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
             TimeRemainingColumn(), disable=cfg.quiet or not info.is_main, transient=False,
         )
-        train_time, session_tokens = 0.0, 0
+        train_time, session_tokens, step_times = 0.0, 0, []
         last_loss, last_eval = float("nan"), None
         with progress:
             bar = progress.add_task("train", total=cfg.max_steps, completed=self.start_step, info="")
@@ -449,6 +449,7 @@ class Trainer:
                 last_loss, gnorm, tokens = self._train_step(step)
                 dt = time.perf_counter() - ts
                 train_time += dt
+                step_times.append(dt)
                 session_tokens += tokens
                 self.tokens_seen += tokens
                 done = step + 1
@@ -482,6 +483,8 @@ class Trainer:
             "params": count_params(D.unwrap(self.model)),
             "tokens": self.tokens_seen,
             "tokens_per_s": session_tokens / train_time if train_time > 0 else None,
+            # the median step time leaves out warm-up and compilation steps
+            "step_time_median_s": float(np.median(step_times)) if step_times else None,
             "peak_mem_mb": peak_memory_mb(self.device),
             "wall_time_s": wall,
             "best": self.best,
