@@ -1,6 +1,7 @@
 """Generic transformer parts. Importing this package registers every part it holds."""
 
 from formers.nn import attention, cache, ffn, norm, position, presets  # noqa: F401  (registers)
+from formers.nn import residual, value_residual  # noqa: F401  (registers residual schemes, presets)
 from formers.nn.config import LayerSpec, ModelConfig
 from formers.nn.generate import SamplingConfig, generate
 from formers.nn.io import load_model, save_model

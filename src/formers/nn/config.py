@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -9,6 +10,7 @@ from formers.config import Config, check_choice, check_positive
 
 ARCHS = ("decoder", "encoder", "encoder-decoder")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+VALUE_RESIDUALS = ("none", "mix", "learned", "shared")
 
 
 @dataclass
@@ -45,6 +47,17 @@ class ModelConfig(Config):
             a list of :class:`LayerSpec` whose length divides n_layers, tiled over the depth.
         n_encoder_layers: encoder depth for ``encoder-decoder`` (None = n_layers).
         tie_embeddings: share the token embedding with the output projection.
+        residual: the stream scheme of the backbone loop (registry kind ``residual``): ``plain``
+            (ordinary residual stream) or ``dwa`` (DenseFormer depth-weighted averaging, arXiv
+            2402.02622; see :mod:`formers.nn.residual`).
+        dwa_dilation / dwa_period: DenseFormer's k and p (a "k x p DenseFormer"); 1 x 1 is the full
+            DenseFormer. Used only when ``residual='dwa'``.
+        value_residual: ``none``; ``mix`` (ResFormer, arXiv 2410.17897: layers n >= 2 use
+            V'_n = value_lambda_first * V_1 + value_lambda_self * V_n, fixed); ``learned`` (the same
+            mix with one learnable (lambda_1, lambda_2) pair per layer, initialised to the two fields);
+            ``shared`` (SVFormer: layers >= 2 use V_1 and have no value projection, so their KV cache
+            holds keys only). See :mod:`formers.nn.value_residual`.
+        value_lambda_first / value_lambda_self: lambda_1 and lambda_2 of the mix (paper: 0.5, 0.5).
     Raises:
         ValueError: on any field outside its allowed range, naming the field and the value.
     """
@@ -70,6 +83,12 @@ class ModelConfig(Config):
     bias: bool = True
     tie_embeddings: bool = True
     init_std: float = 0.02
+    residual: str = "plain"
+    dwa_dilation: int = 1
+    dwa_period: int = 1
+    value_residual: Literal["none", "mix", "learned", "shared"] = "none"
+    value_lambda_first: float = 0.5
+    value_lambda_self: float = 0.5
 
     def __post_init__(self) -> None:
         o = "ModelConfig"
@@ -87,7 +106,17 @@ class ModelConfig(Config):
             n_encoder_layers=self.n_encoder_layers,
             rope_base=self.rope_base,
             norm_eps=self.norm_eps,
+            dwa_dilation=self.dwa_dilation,
+            dwa_period=self.dwa_period,
         )
+        check_choice(o, "value_residual", self.value_residual, VALUE_RESIDUALS)
+        for name in ("value_lambda_first", "value_lambda_self"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"ModelConfig.{name} must be a finite number, got {v!r}")
+        for name in ("dwa_dilation", "dwa_period"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"ModelConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"ModelConfig.d_model = {self.d_model} is not divisible by n_heads = {self.n_heads}"

@@ -18,7 +18,14 @@ class Context:
     key_mask: (batch, seq_len_k) bool, True where a key may be attended (padding mask), or None.
     memory: (batch, src_len, d_model) encoder output for cross-attention, or None.
     memory_mask: (batch, src_len) bool padding mask of ``memory``, or None.
-    v_first: the first layer's values, for value-residual schemes (set by the backbone).
+    v_first: (batch, n_kv_heads, seq_len, head_dim) the first layer's values of the current tokens
+        (after the value projection and head split, before attention and before any cache), for
+        value-residual schemes; written by layer 1's mixer through ``value_residual``.
+    v_first_cached: (batch, n_kv_heads, kept_len, head_dim) the first layer's values of every key
+        it attends to (cache included) and ``v_first_pos`` (kept_len,) their positions; SVFormer's
+        later layers read their values here.
+    value_residual: the stack's value-residual rule (:class:`formers.nn.value_residual.ValueResidual`)
+        or None; mixers that support it call it on their keys/values (set by the backbone).
     capture: a dict the layers write named intermediates into (the explainer), or None.
     layer: index of the layer being run.
     """
@@ -30,6 +37,9 @@ class Context:
     memory: torch.Tensor | None = None
     memory_mask: torch.Tensor | None = None
     v_first: torch.Tensor | None = None
+    v_first_cached: torch.Tensor | None = None
+    v_first_pos: torch.Tensor | None = None
+    value_residual: Any = None
     capture: dict[str, torch.Tensor] | None = None
     layer: int = 0
 

@@ -28,16 +28,27 @@ class SoftmaxAttention(nn.Module):
         cfg: the model config (d_model, n_heads, n_kv_heads, bias, dropout).
         cross: attend to ``ctx.memory`` (encoder output) instead of ``x``; never causal, no RoPE.
         backend: ``auto`` | ``sdpa`` | ``reference`` (see :func:`attend`).
+        own_values: False for an SVFormer layer >= 2 (arXiv 2410.17897): no value projection, the
+            values come from the first layer (``ctx.value_residual``); set by the backbone.
+
+    Value residual (ResFormer / SVFormer): when ``ctx.value_residual`` is set, self-attention hands
+    its keys and values (after the head split, before the cache) to that rule, which records or
+    mixes in the first layer's values and updates the cache (see :mod:`formers.nn.value_residual`).
     """
 
-    def __init__(self, cfg: ModelConfig, cross: bool = False, backend: str = "auto") -> None:
+    supports_value_residual = True
+
+    def __init__(self, cfg: ModelConfig, cross: bool = False, backend: str = "auto",
+                 own_values: bool = True) -> None:
         super().__init__()
+        if cross and not own_values:
+            raise ValueError("SoftmaxAttention: cross-attention always has its own values (own_values=True)")
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.cross, self.backend, self.dropout = cross, backend, cfg.dropout
         d, hd = cfg.d_model, cfg.head_dim
         self.q = nn.Linear(d, self.n_heads * hd, bias=cfg.bias)
         self.k = nn.Linear(d, self.n_kv_heads * hd, bias=cfg.bias)
-        self.v = nn.Linear(d, self.n_kv_heads * hd, bias=cfg.bias)
+        self.v = nn.Linear(d, self.n_kv_heads * hd, bias=cfg.bias) if own_values else None
         self.o = nn.Linear(self.n_heads * hd, d, bias=cfg.bias)
 
     def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
@@ -61,12 +72,16 @@ class SoftmaxAttention(nn.Module):
             key_mask, causal = ctx.memory_mask, False
         else:
             k = self._heads(self.k(x), self.n_kv_heads)
-            v = self._heads(self.v(x), self.n_kv_heads)
+            v = self._heads(self.v(x), self.n_kv_heads) if self.v is not None else None
             pos = ctx.positions
             if ctx.position is not None:
                 q, k = ctx.position.rotate(q, pos), ctx.position.rotate(k, pos)
             k_pos = pos
-            if cache is not None:
+            if ctx.value_residual is not None:  # value residual hook (also updates the cache)
+                k, v, k_pos = ctx.value_residual(k, v, pos, ctx, cache)
+            elif v is None:
+                raise ValueError("SoftmaxAttention(own_values=False) needs a value-residual rule in ctx")
+            elif cache is not None:
                 k, v, k_pos = cache.update(k, v, pos)
             if ctx.position is not None:
                 bias = ctx.position.bias(pos, k_pos)
