@@ -1,0 +1,84 @@
+"""The command line end to end on a tiny budget (main() called in-process)."""
+
+import json
+
+import pytest
+
+from formers.cli import main
+
+TINY = ["--opt", "seq_len=16", "d_model=16", "n_layers=1", "n_heads=2",
+        "--max-steps", "4", "--batch-size", "4", "--eval-every", "2", "--eval-batches", "2",
+        "--warmup-steps", "1", "--quiet"]
+
+
+@pytest.fixture
+def text_dir(tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for i in range(12):
+        (d / f"f{i}.py").write_text(f"def f{i}(x):\n    return x * {i} + 1\n" * 20)
+    return d
+
+
+def test_list_and_info(capsys):
+    assert main(["list", "model"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "rope" in out and "gqa" in out
+    assert main(["info"]) == 0
+    assert "sdpa/math" in capsys.readouterr().out
+
+
+def test_train_eval_generate_resume(tmp_path, text_dir, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "lm", "--model", "rope", "--data", str(text_dir), "--out", str(run), *TINY]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and "val_bpb" in summary and summary["val_bpb"] > 0
+    for f in ("config.yaml", "metrics.jsonl", "loss.png", "ckpt/model.safetensors", "ckpt/config.json"):
+        assert (run / f).is_file(), f
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(summary["val_bpb"], rel=1e-6)
+    assert main(["generate", str(run), "--prompt", "def", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("def")
+    # an existing run is refused without --resume; with --resume and a larger budget it continues
+    assert main(["train", "lm", "--data", str(text_dir), "--out", str(run), *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
+    more = [a if a != "4" else "6" for a in TINY]
+    assert main(["train", "lm", "--model", "rope", "--data", str(text_dir), "--out", str(run), "--resume", *more]) == 0
+    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 4
+
+
+def test_compare_writes_table_and_plot(tmp_path, text_dir, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "lm", "--models", "baseline,gqa", "--seeds", "2", "--data", str(text_dir),
+            "--out", str(out), *TINY]
+    assert main(args) == 0
+    res = json.loads((out / "compare.json").read_text())
+    assert [r["model"] for r in res["rows"]] == ["baseline", "gqa"]
+    assert res["rows"][1]["params"] < res["rows"][0]["params"]  # fewer key/value heads
+    assert all(len(v) == 2 for v in res["runs"].values())
+    assert (out / "compare.png").stat().st_size > 0 and "val_bpb" in (out / "compare.md").read_text()
+    assert "unigram entropy" in capsys.readouterr().out
+    # a re-run reuses finished runs instead of training again
+    mtime = (out / "baseline" / "seed0" / "summary.json").stat().st_mtime
+    assert main(args) == 0
+    assert (out / "baseline" / "seed0" / "summary.json").stat().st_mtime == mtime
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "nope"], "unknown task 'nope'"),
+    (["train", "lm", "--model", "nope"], "unknown model 'nope'"),
+    (["train", "lm", "--set", "d_model=30", "n_heads=4"], "not divisible by n_heads"),
+    (["train", "lm", "--set", "n_kv_heads=3"], "must divide n_heads"),
+    (["train", "lm", "--set", "position=rope", "d_model=12", "n_heads=4"], "even head_dim"),
+    (["train", "lm", "--data", "/nonexistent/path"], "does not exist"),
+    (["train", "lm", "--opt", "bogus=1"], "does not take option"),
+    (["train", "lm", "--max-steps", "0"], "max_steps must be > 0"),
+    (["train", "lm", "--set", "nope=1"], "unknown field"),
+    (["compare", "lm", "--models", "baseline,nope"], "unknown model 'nope'"),
+    (["eval", "/nonexistent/run"], "not found"),
+])
+def test_bad_input_fails_before_training(args, message, tmp_path, capsys):
+    assert main([*args, "--out", str(tmp_path / "o")] if args[0] != "eval" else args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()
