@@ -30,6 +30,8 @@ Deviations from the paper / reference code (``epfml/DenseFormer:denseformer/dens
     :class:`torch.autograd.Function` whose inputs are the stored states themselves and which reads
     their values from the buffer (no ``torch.stack`` copy per DWA). The naive path
     (``impl='naive'``) stacks; both agree in outputs and gradients (tested, float64 gradcheck).
+    Under ``torch.compile`` the naive path is always used (the compiler fuses the stack; the
+    buffered Function's side-buffer is opaque to it).
   * Only the states some later DWA reads are stored (the paper stores all; the result is equal).
 DWA mixes each position independently, so KV-cached decoding needs no extra state.
 """
@@ -165,7 +167,7 @@ class DepthWeightedAverage(nn.Module):
         if j not in self.needed:
             return
         state["xs"][j] = x
-        if self.impl == "buffer":
+        if self.impl == "buffer" and not torch.compiler.is_compiling():
             r = j % self.k
             if state["bufs"][r] is None:
                 state["bufs"][r] = x.new_empty((self.slots[r], *x.shape))
@@ -180,7 +182,7 @@ class DepthWeightedAverage(nn.Module):
         alpha = self.alphas[str(i)]
         src = dwa_sources(i, self.k)
         xs = [state["xs"][j] for j in src]
-        if self.impl == "naive":
+        if self.impl == "naive" or torch.compiler.is_compiling():  # compile: let the compiler fuse
             y = torch.tensordot(alpha.to(x.dtype), torch.stack(xs), dims=1)
         else:
             buf = state["bufs"][i % self.k][: len(src)]
