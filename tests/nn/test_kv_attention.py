@@ -244,3 +244,26 @@ def test_presets():
     assert c.attention == "kv" and c.n_kv_heads is None
     c = apply_preset("kv-attention-pos", CFG.replace(layers=[LayerSpec(ffn="swiglu")]))
     assert c.layer_spec(0).attention == "kv-pos" and c.layer_spec(0).ffn == "swiglu"
+
+
+# ------------------------------------------------------------ composes with value residual
+@pytest.mark.parametrize("attention", ["kv", "kv-pos"])
+@torch.no_grad()
+def test_value_residual_composes(attention):
+    """Mix (0, 1) equals plain KV attention; SVFormer 'shared' drops W_V and decodes with a cache."""
+    cfg = CFG.replace(init_std=0.1, layers=[LayerSpec(attention=attention)])
+    torch.manual_seed(0)
+    plain = build_model(cfg).eval()
+    torch.manual_seed(0)
+    mixed = build_model(cfg.replace(value_residual="mix", value_lambda_first=0.0,
+                                    value_lambda_self=1.0)).eval()
+    mixed.load_state_dict(plain.state_dict())
+    x = torch.randint(0, cfg.vocab_size, (2, 9))
+    torch.testing.assert_close(mixed(x), plain(x), atol=1e-6, rtol=0)
+    shared = build_model(cfg.replace(value_residual="shared")).eval()
+    assert shared.stack.blocks[1].mixer.v is None
+    full = shared(x)
+    cache = shared.new_cache()
+    inc = torch.cat([shared(x[:, :4], cache=cache)] + [shared(x[:, i:i + 1], cache=cache)
+                                                         for i in range(4, 9)], 1)
+    torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)

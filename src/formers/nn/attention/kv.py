@@ -122,14 +122,18 @@ class KVAttention(nn.Module):
         pos_channels: c, the channels of the pair encoding (10 in the reference).
         pos_per_head: one ``Linear(c, 1)`` per head (GPT notebook) instead of one shared.
         backend: ``auto`` | ``sdpa`` | ``reference`` (see :func:`attend`).
+        own_values: False for an SVFormer layer without W_V (set by the backbone for
+            ``value_residual='shared'``); value residual is supported like in softmax attention.
     Raises:
         ValueError: ``n_kv_heads != n_heads`` (no separate query heads), ``pos_channels < 1``.
 
     Paper: Borji, "Key-Value Transformer", arXiv 2305.19129, §3; deviations in the module docstring.
     """
 
+    supports_value_residual = True
+
     def __init__(self, cfg: ModelConfig, pos2d: bool = False, pos_channels: int = 10,
-                 pos_per_head: bool = False, backend: str = "auto") -> None:
+                 pos_per_head: bool = False, backend: str = "auto", own_values: bool = True) -> None:
         super().__init__()
         if cfg.kv_heads != cfg.n_heads:
             raise ValueError(
@@ -142,7 +146,7 @@ class KVAttention(nn.Module):
         self.pos2d, self.pos_channels, self.pos_per_head = bool(pos2d), pos_channels, bool(pos_per_head)
         d = cfg.d_model
         self.k = nn.Linear(d, d, bias=cfg.bias)
-        self.v = nn.Linear(d, d, bias=cfg.bias)
+        self.v = nn.Linear(d, d, bias=cfg.bias) if own_values else None
         self.o = nn.Linear(d, d, bias=cfg.bias)
         if self.pos2d:
             n_maps = self.n_heads if self.pos_per_head else 1
@@ -178,7 +182,8 @@ class KVAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: Context, cache=None) -> torch.Tensor:
         b, t, _ = x.shape
-        k, v = self._heads(self.k(x)), self._heads(self.v(x))
+        k = self._heads(self.k(x))
+        v = self._heads(self.v(x)) if self.v is not None else None
         pos = ctx.positions
         if ctx.position is not None:
             k = ctx.position.rotate(k, pos)
@@ -187,7 +192,12 @@ class KVAttention(nn.Module):
         if self.pos2d:
             q = k * self.temperature().to(k.dtype)[None, :, None, None]
         k_pos = pos
-        if cache is not None:
+        rule = getattr(ctx, "value_residual", None)
+        if rule is not None:  # value residual (ResFormer / SVFormer): mixes V, updates the cache
+            k, v, k_pos = rule(k, v, pos, ctx, cache)
+        elif v is None:
+            raise ValueError("KV attention with own_values=False needs a value-residual rule in ctx")
+        elif cache is not None:
             k, v, k_pos = cache.update(k, v, pos)
         if ctx.position is not None:
             bias = ctx.position.bias(pos, k_pos)
@@ -227,9 +237,9 @@ class KVPosAttention(KVAttention):
     """
 
     def __init__(self, cfg: ModelConfig, pos_channels: int = 10, pos_per_head: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", own_values: bool = True) -> None:
         super().__init__(cfg, pos2d=True, pos_channels=pos_channels, pos_per_head=pos_per_head,
-                         backend=backend)
+                         backend=backend, own_values=own_values)
 
 
 # ------------------------------------------------------------------------------------ presets
