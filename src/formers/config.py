@@ -8,6 +8,7 @@ so a typo in a YAML file is an error rather than a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import types
 import typing
@@ -108,3 +109,18 @@ def check_choice(owner: str, name: str, value: Any, allowed: typing.Iterable[Any
     allowed = list(allowed)
     if value not in allowed:
         raise ValueError(f"{owner}.{name} = {value!r} is not one of {allowed}")
+
+
+def check_options(owner: str, fn: Any, options: dict[str, Any], reserved: typing.Iterable[str] = ()) -> None:
+    """Raise ``ValueError`` if ``options`` holds a keyword that callable ``fn`` does not take.
+
+    ``reserved`` names parameters filled by the caller (not user options); ``self`` always is.
+    A callable that takes ``**kwargs`` accepts everything.
+    """
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [p for p in params if p not in ("self", *reserved)]
+    bad = [k for k in options if k not in allowed]
+    if bad:
+        raise ValueError(f"{owner} does not take option(s) {bad}; allowed: {allowed}")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from torch import nn
 
+from formers.config import check_options
 from formers.nn.config import ModelConfig
 from formers.registry import get
 
@@ -20,10 +20,5 @@ def build_part(kind: str, name: str, cfg: ModelConfig, options: dict[str, Any] |
     """
     entry = get(kind, name)
     options = dict(options or {})
-    params = inspect.signature(entry.obj.__init__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    allowed = [p for p in params if p not in ("self", "cfg", *extra)]
-    bad = [k for k in options if k not in allowed]
-    if bad and not takes_any:
-        raise ValueError(f"{kind} {name!r} does not take option(s) {bad}; allowed: {allowed}")
+    check_options(f"{kind} {name!r}", entry.obj.__init__, options, reserved=("cfg", *extra))
     return entry.obj(cfg, **extra, **options)

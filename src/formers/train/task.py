@@ -77,14 +77,10 @@ def make_task(name: str, seed: int = 0, options: dict[str, Any] | None = None) -
 
     Raises ValueError for an unknown task or an option the task does not take.
     """
-    import inspect
-
+    from formers.config import check_options
     from formers.registry import get
 
     cls = get("task", name).obj
     options = dict(options or {})
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "seed")]
-    bad = [k for k in options if k not in allowed]
-    if bad:
-        raise ValueError(f"task {name!r} does not take option(s) {bad}; allowed: {allowed}")
+    check_options(f"task {name!r}", cls.__init__, options, reserved=("seed",))
     return cls(seed=seed, **options)
