@@ -82,3 +82,21 @@ def test_bad_input_fails_before_training(args, message, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "o")] if args[0] != "eval" else args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+def test_yaml_config_sections_and_flag_precedence(tmp_path, text_dir):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        "model: {n_kv_heads: 1}\n"
+        "train: {max_steps: 3, batch_size: 4, eval_every: 3, eval_batches: 1, warmup_steps: 1, lr: 0.01}\n"
+        f"task: {{seq_len: 16, d_model: 16, n_layers: 1, n_heads: 2, data: ['{text_dir}']}}\n")
+    run = tmp_path / "run"
+    assert main(["train", "lm", "--config", str(cfg), "--max-steps", "2", "--out", str(run), "--quiet"]) == 0
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["max_steps"] == 2 and saved["train"]["lr"] == 0.01  # flag beats YAML
+    assert saved["model"]["n_kv_heads"] == 1 and saved["model"]["max_seq_len"] == 16
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modle: {}\n")
+    assert main(["train", "lm", "--config", str(bad)]) == 2
