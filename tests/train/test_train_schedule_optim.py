@@ -67,3 +67,18 @@ def test_untied_head_decays():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable"):
         build_optimizer(frozen, TrainConfig())
+
+
+def test_decay_mixing_weights_switch_moves_dwa_and_value_lambdas_into_decay():
+    import formers.nn  # noqa: F401
+    from formers.nn import ModelConfig, build_model
+    from formers.train.optim import param_groups
+
+    cfg = ModelConfig(n_layers=3, d_model=16, n_heads=2, residual="dwa", value_residual="learned")
+    model = build_model(cfg)
+    mixing = lambda names: sorted(n for n in names if "alphas" in n or "lambdas" in n)  # noqa: E731
+    off = param_groups(model, 0.1)
+    on = param_groups(model, 0.1, decay_mixing_weights=True)
+    assert mixing(off[0]["names"]) == []
+    assert mixing(on[0]["names"]) == mixing(off[1]["names"]) and len(mixing(on[0]["names"])) == 5
+    assert len(on[0]["params"]) + len(on[1]["params"]) == len(list(model.parameters()))

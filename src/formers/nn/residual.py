@@ -23,8 +23,8 @@ Deviations from the paper / reference code (``epfml/DenseFormer:denseformer/dens
     (:func:`formers.train.optim.param_groups`) puts every 1-D parameter in the **no-decay** group,
     so by default the alphas get no weight decay. The reference code groups them (as Linear
     weights) with the decayed matrices (paper setup: AdamW, weight decay 0.1). Decaying them would
-    pull the weights toward 0 and away from the identity init; a switch for this belongs to the
-    optimizer config (``formers.train``), not here.
+    pull the weights toward 0 and away from the identity init; ``TrainConfig.decay_mixing_weights``
+    (``--decay-mixing-weights``) switches to the reference behaviour.
   * The efficient path keeps one pre-allocated buffer per residue class mod k, like the reference,
     but instead of the reference's in-place ``set_`` views it uses a small autograd
     :class:`torch.autograd.Function` whose inputs are the stored states themselves and which reads

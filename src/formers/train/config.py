@@ -16,7 +16,8 @@ class TrainConfig(Config):
     grad_accum: micro-batches per step. lr: peak learning rate, reached after warmup_steps of
     linear warm-up, then cosine decay to lr * min_lr_ratio at max_steps. weight_decay: AdamW decay
     for matrices (embeddings and weights of linear layers); biases, norms and other 1-D/0-D
-    parameters get none. grad_clip: global-norm clip (0 = off). eval_every / eval_batches:
+    parameters get none (``decay_mixing_weights`` adds DenseFormer's alphas and value-residual
+    lambdas to the decayed group, as the DenseFormer reference code does). grad_clip: global-norm clip (0 = off). eval_every / eval_batches:
     validation cadence and size. checkpoint_every: steps between checkpoints (0 = only at the end).
     device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``. dtype: ``auto`` (bf16
     autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``. compile: ``torch.compile`` the model.
@@ -29,6 +30,7 @@ class TrainConfig(Config):
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
     weight_decay: float = 0.1
+    decay_mixing_weights: bool = False
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0

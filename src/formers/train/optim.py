@@ -3,6 +3,11 @@
 Weight decay applies to matrices (>= 2-D parameters: linear weights and embeddings); biases, norm
 weights and every other 1-D / 0-D parameter get none. Tied weights (the shared embedding / output
 projection) are one parameter and appear once.
+
+``TrainConfig.decay_mixing_weights`` also decays the learned mixing scalars of DenseFormer
+(``residual.alphas.*``) and value residual (``value_residual.lambdas.*``), as the DenseFormer
+reference code does (its alphas are ``nn.Linear`` weights in the decay group); the default keeps
+them out, like every other 1-D parameter.
 """
 
 from __future__ import annotations
@@ -19,19 +24,24 @@ def _is_norm(name: str) -> bool:
     return any("norm" in part.lower() for part in name.split("."))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+MIXING_WEIGHTS = ("residual.alphas.", "value_residual.lambdas.")
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_mixing_weights: bool = False) -> list[dict]:
     """Two AdamW groups over the trainable parameters of ``model``.
 
     Returns ``[{"params": decay, "weight_decay": weight_decay, "names": [...]},
     {"params": no_decay, "weight_decay": 0.0, "names": [...]}]``; each distinct parameter appears
     exactly once (``named_parameters`` drops tied duplicates). A parameter decays iff it has at
-    least 2 dimensions and does not belong to a norm layer.
+    least 2 dimensions and does not belong to a norm layer, or, with ``decay_mixing_weights``,
+    is a DenseFormer / value-residual mixing weight.
     """
     decay, no_decay, d_names, n_names = [], [], [], []
     for name, p in model.named_parameters():  # remove_duplicate=True: tied weights once
         if not p.requires_grad:
             continue
-        if p.dim() >= 2 and not _is_norm(name):
+        mixing = decay_mixing_weights and any(m in name for m in MIXING_WEIGHTS)
+        if (p.dim() >= 2 and not _is_norm(name)) or mixing:
             decay.append(p)
             d_names.append(name)
         else:
@@ -59,7 +69,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     Raises:
         ValueError: the model has no trainable parameters.
     """
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_mixing_weights)
     params = [p for g in groups for p in g["params"]]
     if not params:
         raise ValueError("build_optimizer: the model has no trainable parameters")
