@@ -53,7 +53,8 @@ class Block(nn.Module):
         x = self._sub(x, self.norm1, lambda h: self.mixer(h, ctx, cache))
         if self.cross is not None:
             x = self._sub(x, self.norm_cross, lambda h: self.cross(h, ctx, cache))
-        x = self._sub(x, self.norm2, self.ffn)
+        ffn = (lambda h: self.ffn(h, ctx)) if getattr(self.ffn, "takes_context", False) else self.ffn
+        x = self._sub(x, self.norm2, ffn)
         if ctx.capture is not None:
             ctx.record("resid", x)
         return x
