@@ -6,3 +6,4 @@ from formers.text.corpus import Corpus, load_corpus
 from formers.text.tokenizer import ByteTokenizer
 
 __all__ = ["ByteTokenizer", "Corpus", "load_corpus"]
+from formers.text import matformer  # noqa: F401,E402  (registers the lm-matformer task)
