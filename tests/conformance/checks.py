@@ -39,8 +39,13 @@ def mixer_config(name: str, arch: str = "decoder", **over) -> ModelConfig:
     return BASE.replace(arch=arch, layers=[LayerSpec(attention=name)], **over)
 
 
+# Presets are tested at 6 layers: layer patterns of length 1, 2, 3 and 6 (a Brainformer block)
+# all tile that depth.
+PRESET_BASE = BASE.replace(n_layers=6)
+
+
 def preset_config(name: str, arch: str = "decoder") -> ModelConfig:
-    return apply_preset(name, BASE.replace(arch=arch))
+    return apply_preset(name, PRESET_BASE.replace(arch=arch))
 
 
 def build(cfg: ModelConfig, seed: int = 0) -> nn.Module:
@@ -137,7 +142,8 @@ def check_causal(model: nn.Module, length: int = 9, positions: tuple[int, ...] =
 
 @torch.no_grad()
 def check_bidirectional(model: nn.Module, length: int = 9) -> None:
-    """An encoder sees the whole sequence: changing the last token moves earlier outputs."""
+    """An encoder sees the whole sequence: changing the last token moves earlier outputs
+    (so at least one layer must mix tokens)."""
     x = ids(2, length)
     y = x.clone()
     y[:, -1] = (y[:, -1] + 1) % VOCAB
@@ -234,7 +240,10 @@ def check_backends(model: nn.Module, key_mask: torch.Tensor | None = None, cache
     _close(fast[sel], ref[sel], "sdpa logits != reference logits", atol=1e-5, rtol=1e-5)
     assert g_ref.keys() == g_fast.keys(), "different parameters receive gradients"
     for n in g_ref:
-        _close(g_fast[n], g_ref[n], f"gradient of {n}: sdpa != reference", atol=GRAD_ATOL,
+        # fp32 rounding grows with the gradient's size (a bias gradient sums over every position),
+        # so the absolute tolerance scales with the tensor's largest entry (at least 1).
+        scale = max(1.0, float(g_ref[n].abs().max()))
+        _close(g_fast[n], g_ref[n], f"gradient of {n}: sdpa != reference", atol=GRAD_ATOL * scale,
                rtol=GRAD_RTOL)
 
 
@@ -245,8 +254,10 @@ def check_default_path(model: nn.Module, expect_sdpa: bool) -> None:
     run(model, ids(2, 9))
     calls = dict(core.CALLS)
     assert calls.get("reference", 0) == 0, f"default forward took the reference path: {calls}"
-    if expect_sdpa:
-        assert calls.get("sdpa", 0) >= model.cfg.n_layers, f"SDPA not taken by default: {calls}"
+    if expect_sdpa:  # one SDPA call at least per layer whose mixer runs on the SDPA core
+        n = sum("sdpa" in registry.get("attention", model.cfg.layer_spec(i).attention).caps.backend
+                for i in range(model.cfg.n_layers))
+        assert calls.get("sdpa", 0) >= n, f"SDPA not taken by default: {calls} (expected >= {n})"
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ import torch
 from formers import registry
 
 from .checks import (
-    BASE, build, check_backends, check_bidirectional, check_cache, check_causal,
+    PRESET_BASE, build, check_backends, check_bidirectional, check_cache, check_causal,
     check_default_path, check_forward_backward, check_lengths, check_padding, check_save_load,
     preset_config,
 )
@@ -35,7 +35,8 @@ def test_registry_has_presets():
 def test_preset_keeps_base_size(name):
     cfg = preset_config(name)
     assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.max_seq_len) == (
-        BASE.vocab_size, BASE.d_model, BASE.n_layers, BASE.n_heads, BASE.max_seq_len)
+        PRESET_BASE.vocab_size, PRESET_BASE.d_model, PRESET_BASE.n_layers, PRESET_BASE.n_heads,
+        PRESET_BASE.max_seq_len)
 
 
 # --------------------------------------------------------------------------------- decoder

@@ -101,3 +101,24 @@ def test_bad_arguments(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             Trainer(SynthTask(), tiny_model_config(), tiny_train_config(device="cuda"), tmp_path)
+
+
+def test_moe_aux_loss_joins_the_training_loss(tmp_path, monkeypatch):
+    """The trainer adds the MoE load-balancing loss to the task's loss (router gets its gradient)."""
+    import formers.nn.ffn.moe as moe
+    from formers.train import trainer as T
+
+    seen = []
+    real = moe.aux_loss
+
+    def spy(model):
+        out = real(model)
+        seen.append(float(out.detach()))
+        return out
+
+    monkeypatch.setattr(T, "aux_loss", spy)
+    from formers.nn import LayerSpec
+
+    cfg = tiny_model_config().replace(layers=[LayerSpec(ffn="moe", ffn_options={"n_experts": 4})])
+    Trainer(SynthTask(), cfg, tiny_train_config(max_steps=2), tmp_path / "run").fit()
+    assert len(seen) == 2 and all(v > 0 for v in seen)

@@ -1,8 +1,8 @@
 """Generic transformer parts. Importing this package registers every part it holds."""
 
-from formers.nn import attention, cache, ffn, norm, position, presets  # noqa: F401  (registers)
-from formers.nn import residual, value_residual  # noqa: F401  (registers residual schemes, presets)
-from formers.nn import lowrank  # noqa: F401  (registers the LRT parts and preset)
+# importing these modules registers their parts and presets
+from formers.nn import attention, cache, ffn, norm, position, presets  # noqa: F401
+from formers.nn import brainformer, lowrank, matformer, residual, value_residual  # noqa: F401
 from formers.nn.config import LayerSpec, ModelConfig
 from formers.nn.generate import SamplingConfig, generate
 from formers.nn.io import load_model, save_model

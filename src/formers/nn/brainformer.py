@@ -23,14 +23,10 @@ Deviations, named:
 * the paper's per-layer widths (smaller expansion ratios than 4x, d_model 1024 at 100M32E) are
   only in a figure; the helpers keep the base config's d_ff for dense layers and experts unless
   given, and ``moe_d_ff`` / ``ffn_d_ff`` set them.
-* the ``none`` mixer is causal-only for now (see :mod:`formers.nn.attention.identity`), so
-  FFN-only layers are refused in encoders, and expert choice (the paper's gating) is not causal,
-  so it is refused in decoders unless ``noncausal_ok=True`` (the leak the paper accepts in
-  training). Top-2 gating (also in the paper's search space, Table 1) is causal when dropless.
-* not registered as a ``model`` preset: the conformance suite requires every decoder preset to
-  make at least n_layers SDPA calls per forward (an FFN-only layer makes none) and tests presets
-  at n_layers = 2, which a 6-block pattern cannot divide. :func:`brainformer` is the preset
-  function, ready to register once the suite counts attention layers instead.
+* expert choice (the paper's gating) is not causal, so it is refused in decoders unless
+  ``noncausal_ok=True`` (the leak the paper accepts in training). The registered ``brainformer``
+  preset therefore uses top-2 gating (also in the paper's search space, Table 1), which is causal
+  when dropless.
 """
 
 from __future__ import annotations
@@ -38,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from formers.nn.config import LayerSpec, ModelConfig
+from formers.nn.presets import preset
 from formers.registry import Paper
 
 PAPER = Paper("Brainformers: Trading Simplicity for Efficiency", "2306.00008",
@@ -117,11 +114,11 @@ def brainformer_config(base: ModelConfig, n_blocks: int = 3, block: str = BLOCK1
     return ModelConfig.from_dict(base.replace(layers=layers, n_layers=n_blocks * len(layers)).to_dict())
 
 
+@preset("brainformer", PAPER, "Brainformer block #1 (attention / dense FFN / MoE in the searched "
+        "order), top-2 dropless gating")
 def brainformer(c: ModelConfig) -> ModelConfig:
-    """Preset function (not registered, see the module docstring): block #1 with top-2 dropless
-    gating (causal and cache-exact; the paper's block uses expert choice, which decoders refuse),
-    tiled over the base depth, which must be a multiple of 6. Decoders only while the ``none``
-    mixer is refused in encoders."""
+    """Block #1 with top-2 dropless gating (causal and cache-exact; the paper's block uses expert
+    choice, which decoders refuse), tiled over the base depth, which must be a multiple of 6."""
     layers = brainformer_layers(BLOCK1, gating="top2")
     if c.n_layers % len(layers):
         raise ValueError(f"brainformer: n_layers = {c.n_layers} must be a multiple of "

@@ -55,7 +55,8 @@ class Task(ABC):
 
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scalar mean training loss of ``batch`` (the trainer back-propagates it)."""
+        """Scalar mean training loss of ``batch``. The trainer adds the model's auxiliary losses
+        (:func:`formers.nn.ffn.moe.aux_loss`) and back-propagates the sum."""
 
     @abstractmethod
     def evaluate(self, model: nn.Module, n_batches: int, batch_size: int,

@@ -41,6 +41,7 @@ import torch
 
 from formers.atomic import append_jsonl, atomic_write, write_json, write_text
 from formers.nn.config import ModelConfig
+from formers.nn.ffn.moe import aux_loss
 from formers.train import distributed as D
 from formers.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from formers.train.config import TrainConfig
@@ -391,7 +392,8 @@ class Trainer:
                 sync = self.ddp.no_sync()
             with sync:
                 with self._autocast():
-                    loss = self.task.loss(self.train_model, batch)
+                    # the model's auxiliary losses (MoE load balancing) join every task's loss
+                    loss = self.task.loss(self.train_model, batch) + aux_loss(self.model)
                 (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach().float()
         if cfg.grad_clip > 0:

@@ -106,14 +106,15 @@ def attend(
 
     if not torch.compiler.is_compiling():
         CALLS["reference"] += 1
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 at least, float64 kept
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
     if bias is not None:
-        scores = scores + bias.float()
+        scores = scores + bias.to(acc)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     if allowed is not None:  # a query that may see no key gets zeros (as SDPA does), not NaN
         weights = weights.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
     p = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
-    out = torch.matmul(p, v.float()).to(q.dtype)
+    out = torch.matmul(p, v.to(acc)).to(q.dtype)
     return out, (weights if return_weights else None)

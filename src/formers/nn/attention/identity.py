@@ -21,9 +21,8 @@ from formers.registry import Capabilities, Paper, register
     "none",
     paper=Paper("Brainformers: Trading Simplicity for Efficiency", "2306.00008",
                 "§3 (FFN-only sub-layers of a heterogeneous block)"),
-    # bidirectional=False: see the class docstring (a conformance-suite constraint, not a property
-    # of the mixer). kv_cache=True: it keeps nothing, so cached decoding is trivially exact.
-    caps=Capabilities(causal=True, bidirectional=False, kv_cache=True,
+    # kv_cache=True: it keeps nothing, so cached decoding is trivially exact.
+    caps=Capabilities(causal=True, bidirectional=True, kv_cache=True,
                       backend="none (no token mixing)"),
     summary="no token mixing: the mixer sub-layer adds zero (FFN-only layers)",
 )
@@ -38,10 +37,6 @@ class NoMixer(nn.Module):
     * the zeros are ``h * 0`` (attached to the graph), so the block's first norm receives a zero
       gradient instead of none: DDP without ``find_unused_parameters`` and the conformance
       gradient check both require every parameter to take part.
-    * registered as causal-only (``bidirectional=False``), so Block refuses it in encoders. The
-      mixer is valid without a causal mask, but the conformance suite's encoder check demands that
-      an encoder mixer moves earlier outputs when the last token changes, which a non-mixer cannot.
-      Set ``bidirectional=True`` once that check exempts non-mixing layers.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
