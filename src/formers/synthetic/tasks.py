@@ -85,9 +85,10 @@ class MajorityTask(Task):
 
     Model (base config; variants via presets, e.g. ``ln-no-projection``): one pre-LN encoder
     layer, d_model 8, 1 head, d_ff 8, no positional encoding, no biases, tied embeddings,
-    vocabulary = classes. Defaults follow the reference (20 classes, length 50, min_delta 6,
-    Adam-style lr 1e-3) except the batch (256 instead of 6000, a CPU budget) and the data, which
-    is drawn fresh per step instead of a fixed 100k-sample set (see :func:`majority_sequences`).
+    vocabulary = classes. Defaults follow the reference (20 classes, length 50, min_delta 6)
+    except the budget (400 steps of batch 128 at lr 1e-2, about 20 s on one CPU thread, reaching
+    val_acc ~0.90; the reference: batch 6000, lr 1e-3, up to 1000 epochs) and the data, which is
+    drawn fresh per step instead of a fixed 100k-sample set (see :func:`majority_sequences`).
 
     Metrics: ``val_acc`` (per-position accuracy, as the reference), ``val_seq_acc`` (all
     positions right), ``val_loss``, and two diagnostics of the first layer over the class
@@ -134,8 +135,8 @@ class MajorityTask(Task):
         return apply_preset(variant, base)
 
     def default_train(self) -> TrainConfig:
-        return TrainConfig(max_steps=1500, batch_size=256, lr=1e-2, warmup_steps=50,
-                           weight_decay=0.0, eval_every=250, eval_batches=8)
+        return TrainConfig(max_steps=400, batch_size=128, lr=1e-2, warmup_steps=50,
+                           weight_decay=0.0, eval_every=50, eval_batches=8)
 
     def train_batch(self, step: int, micro: int, batch_size: int) -> dict[str, torch.Tensor]:
         o = self.options
