@@ -123,7 +123,7 @@ def info_cmd() -> None:
 def train_cmd(
     task: tyro.conf.Positional[str],
     flags: tyro.conf.OmitArgPrefixes[TrainFlags],  # type: ignore[valid-type]
-    model: str = "baseline",
+    model: Optional[str] = None,
     out: Optional[Path] = None,
     resume: bool = False,
     config: Optional[Path] = None,
@@ -135,7 +135,7 @@ def train_cmd(
 
     Args:
         task: a registered task (see `formers list task`).
-        model: model variant (see `formers list model`).
+        model: model variant (see `formers list model`); default: the task's first default model.
         out: run folder (default runs/TASK-MODEL-seedS).
         resume: continue the run in --out from its last checkpoint.
         config: YAML with optional model:, train:, task: sections.
@@ -151,6 +151,7 @@ def train_cmd(
     cfg_file = _read_yaml(config)
     seed = flags.seed if flags.seed is not None else cfg_file.get("train", {}).get("seed", 0)
     t = make_task(task, seed, _task_options(cfg_file, data, opt))
+    model = model or t.default_models[0]
     mcfg = t.model_config(model)
     overrides = {**cfg_file.get("model", {}), **_pairs(set, "--set")}
     if overrides:

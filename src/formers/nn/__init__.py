@@ -2,7 +2,8 @@
 
 # importing these modules registers their parts and presets
 from formers.nn import attention, cache, ffn, norm, position, presets  # noqa: F401
-from formers.nn import brainformer, lowrank, matformer, residual, value_residual  # noqa: F401
+from formers.nn import brainformer, layernorm_geometry, lowrank, matformer, residual  # noqa: F401
+from formers.nn import value_residual  # noqa: F401
 from formers.nn.config import LayerSpec, ModelConfig
 from formers.nn.generate import SamplingConfig, generate
 from formers.nn.io import load_model, save_model
