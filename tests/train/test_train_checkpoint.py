@@ -137,3 +137,15 @@ def test_missing_file_raises(tmp_path):
         load_checkpoint(tmp_path, fresh, build_optimizer(fresh, tiny_train_config()))
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "nowhere", fresh)
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from formers.atomic import write_json
+
+    path = write_json(tmp_path / "x.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
