@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import formers.synthetic  # noqa: F401
+from formers.atomic import write_json
 from formers.nn.layernorm_geometry import unselectable_keys
 from formers.train.task import make_task
 from formers.train.trainer import Trainer, git_commit, read_metrics
@@ -60,7 +61,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--arms", default=",".join(ARMS))
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "layernorm_majority.json"))
+    p.add_argument("--out", default="benchmarks/results/layernorm_majority.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     runs = []
@@ -88,10 +89,8 @@ def main() -> None:
         table[arm] = agg
     result = {"benchmark": "layernorm_majority", "paper": "arXiv 2305.02582 §3 Fig. 2, §4",
               "device": args.device, "torch": torch.__version__, "threads": args.threads,
-              "commit": git_commit(), "settings": vars(args), "n_classes": 20, "summary": table, "runs": runs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+              "commit": git_commit(), "settings": {k: v for k, v in vars(args).items() if k != "out"}, "n_classes": 20, "summary": table, "runs": runs}
+    write_json(args.out, result)
     for arm, a in table.items():
         print(f"{arm:18s} acc {a['val_acc']:.3f}±{a['val_acc_std']:.3f}  loss {a['val_loss']:.3f}  "
               f"angle {a['query_angle']:.1f}  unselectable after {a['unselectable_after_norm']:.1f} "
