@@ -40,6 +40,12 @@ def test_train_eval_generate_resume(tmp_path, text_dir, capsys):
     assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(summary["val_bpb"], rel=1e-6)
     assert main(["generate", str(run), "--prompt", "def", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("def")
+    # every byte id is a stop token: greedy decoding ends after exactly one new token
+    greedy = ["generate", str(run), "--prompt", "def", "--temperature", "0"]
+    assert main([*greedy, "--max-new-tokens", "1"]) == 0
+    one = capsys.readouterr().out
+    assert main([*greedy, "--max-new-tokens", "5", "--stop-tokens", *map(str, range(256))]) == 0
+    assert capsys.readouterr().out == one
     # an existing run is refused without --resume; with --resume and a larger budget it continues
     assert main(["train", "lm", "--data", str(text_dir), "--out", str(run), *TINY]) == 2
     assert "--resume" in capsys.readouterr().err

@@ -210,17 +210,24 @@ def generate_cmd(
     temperature: float = 0.8,
     top_k: int = 0,
     top_p: float = 1.0,
+    stop_tokens: tuple[int, ...] = (),
     seed: int = 0,
     device: str = "cpu",
 ) -> None:
-    """Continue PROMPT with a trained byte-level LM (run folder or model folder)."""
+    """Continue PROMPT with a trained byte-level LM (a run folder's latest checkpoint).
+
+    Args:
+        temperature: 0 = greedy. top_k: 0 = off. top_p: 1.0 = off (nucleus sampling below 1).
+        stop_tokens: token ids that end generation (bytes: e.g. 10 for a newline).
+    """
     import torch
 
     from formers.nn.generate import SamplingConfig, generate
     from formers.text.tokenizer import ByteTokenizer
 
     _load_all()
-    s = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    s = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       stop_tokens=list(stop_tokens))
     _, model, _ = _run_task(run)
     tok = ByteTokenizer()
     ids = tok.encode(prompt)

@@ -1,12 +1,15 @@
 """``formers compare``: train several model variants on one task with the same data, budget and
 seeds; one table (params, final metric mean ± std, tokens/s, peak memory, Welch p-value against
-the first model) and one plot of validation curves. A killed comparison resumes: finished runs
+the first model) and one plot of validation curves. Each run trains in its own process, so the
+peak memory it reports (max RSS on CPU) is its own. A killed comparison resumes: finished runs
 are reused and an interrupted run continues from its checkpoint."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import multiprocessing as mp
 import statistics
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,17 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def _train_run(task_module: str, task_name: str, seed: int, options: dict[str, Any] | None,
+               model_cfg: dict[str, Any], train: dict[str, Any], run: str) -> dict[str, Any]:
+    """One (model, seed) training in a child process; resumes the run folder if it exists."""
+    import formers.nn  # noqa: F401  (registers every part the config may name)
+
+    importlib.import_module(task_module)  # registers the task
+    task = make_task(task_name, seed, options)
+    return Trainer(task, ModelConfig.from_dict(model_cfg), TrainConfig.from_dict(train), Path(run),
+                   resume=Path(run).exists()).fit()
+
+
 def compare(task_name: str, models: list[str], seeds: int, train: TrainConfig, out: Path,
             task_options: dict[str, Any] | None = None,
             model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -62,8 +76,11 @@ def compare(task_name: str, models: list[str], seeds: int, train: TrainConfig, o
             run = out / m / f"seed{s}"
             if (run / "summary.json").is_file():
                 summary = json.loads((run / "summary.json").read_text())
-            else:
-                summary = Trainer(tasks[s], configs[m], train.replace(seed=s), run, resume=True).fit()
+            else:  # each run in a fresh process: its peak memory is its own, not the maximum so far
+                with mp.get_context("spawn").Pool(1) as pool:
+                    summary = pool.apply(_train_run, (type(tasks[s]).__module__, task_name, s,
+                                                      task_options, configs[m].to_dict(),
+                                                      train.replace(seed=s).to_dict(), str(run)))
             runs[m].append({"seed": s, "run": str(run), **summary})
     rows = []
     base = [r[metric] for r in runs[models[0]]]
@@ -88,12 +105,14 @@ def compare(task_name: str, models: list[str], seeds: int, train: TrainConfig, o
 
 
 def table_markdown(result: dict[str, Any]) -> str:
-    metric = result["metric"]
-    head = f"| model | params | {metric} (mean ± std, {result['seeds']} seeds) | tokens/s | peak MB | p vs {result['rows'][0]['model']} |"
+    metric, seeds = result["metric"], result["seeds"]
+    what = f"mean ± std, {seeds} seeds" if seeds > 1 else "1 seed"
+    head = f"| model | params | {metric} ({what}) | tokens/s | peak MB | p vs {result['rows'][0]['model']} |"
     lines = [head, "|---|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         p = "-" if r["p_vs_first"] is None else f"{r['p_vs_first']:.3g}"
-        lines.append(f"| {r['model']} | {r['params']:,} | {r[metric]:.4f} ± {r[metric + '_std']:.4f} | "
+        value = f"{r[metric]:.4f}" + (f" ± {r[metric + '_std']:.4f}" if seeds > 1 else "")
+        lines.append(f"| {r['model']} | {r['params']:,} | {value} | "
                      f"{r['tokens_per_s']:,.0f} | {r['peak_mem_mb']:,.0f} | {p} |")
     return "\n".join(lines) + "\n"
 

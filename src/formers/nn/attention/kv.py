@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 from formers.nn.attention.core import attend
+from formers.nn.attention.softmax import self_attention_keys
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
 from formers.nn.presets import preset
@@ -188,19 +189,9 @@ class KVAttention(nn.Module):
         if ctx.position is not None:
             k = ctx.position.rotate(k, pos)
         q = k  # the queries are the tokens' own keys (no W_Q)
-        bias = None
         if self.pos2d:
             q = k * self.temperature().to(k.dtype)[None, :, None, None]
-        k_pos = pos
-        rule = getattr(ctx, "value_residual", None)
-        if rule is not None:  # value residual (ResFormer / SVFormer): mixes V, updates the cache
-            k, v, k_pos = rule(k, v, pos, ctx, cache)
-        elif v is None:
-            raise ValueError("KV attention with own_values=False needs a value-residual rule in ctx")
-        elif cache is not None:
-            k, v, k_pos = cache.update(k, v, pos)
-        if ctx.position is not None:
-            bias = ctx.position.bias(pos, k_pos)
+        k, v, k_pos, bias = self_attention_keys(k, v, pos, ctx, cache)
         if self.pos2d:
             pb = self.pair_bias(pos, k_pos)
             bias = pb if bias is None else bias + pb

@@ -11,6 +11,29 @@ from formers.nn.context import Context
 from formers.registry import Capabilities, Paper, register
 
 
+def self_attention_keys(k: torch.Tensor, v: torch.Tensor | None, pos: torch.Tensor, ctx: Context,
+                        cache=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The keys, values, key positions and score bias a self-attention layer attends over.
+
+    Applies the backbone's value-residual rule when one is set (it mixes V with the first layer's
+    values and updates the cache itself), otherwise appends to the layer's cache; then asks the
+    position scheme for its score bias (ALiBi) between the queries at ``pos`` and the keys.
+    k, v: (batch, kv_heads, new_len, head_dim); v is None for layers without W_V (SVFormer).
+    Returns k, v: (batch, kv_heads, k_len, head_dim), k_pos: (k_len,), bias or None.
+    Raises ValueError for a layer without values and no value-residual rule.
+    """
+    k_pos = pos
+    if ctx.value_residual is not None:
+        k, v, k_pos = ctx.value_residual(k, v, pos, ctx, cache)
+    elif v is None:
+        raise ValueError("a self-attention layer without W_V (own_values=False) needs a "
+                         "value-residual rule in ctx (value_residual='shared')")
+    elif cache is not None:
+        k, v, k_pos = cache.update(k, v, pos)
+    bias = ctx.position.bias(pos, k_pos) if ctx.position is not None else None
+    return k, v, k_pos, bias
+
+
 @register(
     "attention",
     "softmax",
@@ -76,15 +99,7 @@ class SoftmaxAttention(nn.Module):
             pos = ctx.positions
             if ctx.position is not None:
                 q, k = ctx.position.rotate(q, pos), ctx.position.rotate(k, pos)
-            k_pos = pos
-            if ctx.value_residual is not None:  # value residual hook (also updates the cache)
-                k, v, k_pos = ctx.value_residual(k, v, pos, ctx, cache)
-            elif v is None:
-                raise ValueError("SoftmaxAttention(own_values=False) needs a value-residual rule in ctx")
-            elif cache is not None:
-                k, v, k_pos = cache.update(k, v, pos)
-            if ctx.position is not None:
-                bias = ctx.position.bias(pos, k_pos)
+            k, v, k_pos, bias = self_attention_keys(k, v, pos, ctx, cache)
         capture = ctx.capture is not None
         out, w = attend(
             q, k, v, causal=causal, bias=bias, key_mask=key_mask,
