@@ -49,7 +49,7 @@ def test_train_eval_generate_resume(tmp_path, text_dir, capsys):
     # an existing run is refused without --resume; with --resume and a larger budget it continues
     assert main(["train", "lm", "--data", str(text_dir), "--out", str(run), *TINY]) == 2
     assert "--resume" in capsys.readouterr().err
-    more = [a if a != "4" else "6" for a in TINY]
+    more = [*TINY, "--max-steps", "6"]  # a later flag wins: a longer budget
     assert main(["train", "lm", "--model", "rope", "--data", str(text_dir), "--out", str(run), "--resume", *more]) == 0
     assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 4
 

@@ -17,7 +17,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _train_synth import CrashingTask, SynthTask, tiny_model_config, tiny_train_config  # noqa: E402
+from _train_synth import SynthTask, crashing, tiny_model_config, tiny_train_config  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from formers.train.trainer import Trainer, read_metrics  # noqa: E402
@@ -34,7 +34,7 @@ def main(out: Path) -> None:
     assert s["dtype"] == "bf16" and s["device"].startswith("cuda")
 
     try:
-        Trainer(CrashingTask(crash_at=12), mc, tc, out / "resume").fit()
+        Trainer(crashing(SynthTask(), crash_at=12), mc, tc, out / "resume").fit()
     except KeyboardInterrupt:
         pass
     s2 = Trainer(SynthTask(), mc, tc, out / "resume", resume=True).fit()

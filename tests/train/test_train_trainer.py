@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from formers.train.trainer import RunExistsError, Trainer, read_metrics
 
-from _train_synth import CrashingTask, SynthTask, tiny_model_config, tiny_train_config
+from _train_synth import SynthTask, crashing, tiny_model_config, tiny_train_config
 
 
 def _strip(records):  # everything but wall-clock throughput must match exactly
@@ -46,7 +46,7 @@ def test_exact_resume(tmp_path):
 
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):  # killed during step 7 (0-based 6); last checkpoint: 4
-        Trainer(CrashingTask(crash_at=6), tiny_model_config(), tc, part).fit()
+        Trainer(crashing(SynthTask(), crash_at=6), tiny_model_config(), tc, part).fit()
     assert [r["step"] for r in read_metrics(part / "metrics.jsonl")] == list(range(1, 7))
     assert json.loads((part / "ckpt" / "state.json").read_text())["step"] == 4
 
@@ -122,3 +122,31 @@ def test_moe_aux_loss_joins_the_training_loss(tmp_path, monkeypatch):
     cfg = tiny_model_config().replace(layers=[LayerSpec(ffn="moe", ffn_options={"n_experts": 4})])
     Trainer(SynthTask(), cfg, tiny_train_config(max_steps=2), tmp_path / "run").fit()
     assert len(seen) == 2 and all(v > 0 for v in seen)
+
+
+def test_resume_refuses_other_settings_or_data_and_corrupt_weights(tmp_path):
+    tc = tiny_train_config(max_steps=4, checkpoint_every=2)
+    run = tmp_path / "run"
+    Trainer(SynthTask(), tiny_model_config(), tc, run).fit()
+    with pytest.raises(ValueError, match="lr: run"):
+        Trainer(SynthTask(), tiny_model_config(), tc.replace(lr=tc.lr * 2, max_steps=6), run, resume=True)
+    with pytest.raises(ValueError, match="different task or data"):
+        Trainer(SynthTask(seed=1), tiny_model_config(), tc.replace(max_steps=6), run, resume=True)
+    # a longer budget is a legitimate change
+    Trainer(SynthTask(), tiny_model_config(), tc.replace(max_steps=6), run, resume=True).fit()
+    weights = run / "ckpt" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = b"\xff" * 64  # still parses, but the values changed (NaN-like garbage)
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        Trainer(SynthTask(), tiny_model_config(), tc.replace(max_steps=8), run, resume=True)
+
+
+def test_non_finite_loss_stops_training(tmp_path):
+    task = SynthTask()
+    real = task.loss
+    task.loss = lambda model, batch: real(model, batch) * float("nan")
+    from formers.train.trainer import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        Trainer(task, tiny_model_config(), tiny_train_config(max_steps=3), tmp_path / "r").fit()

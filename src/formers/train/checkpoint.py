@@ -8,7 +8,8 @@ Layout of ``RUN/ckpt/``::
     rng.safetensors      RNG states as tensors: torch CPU (uint8), CUDA per device (uint8),
                          numpy MT19937 keys (int64)
     state.json           step, schedule, train config, best metric, optimiser param groups and
-                         scalar state, python / numpy RNG scalars; written last (completion mark)
+                         scalar state, python / numpy RNG scalars, sha256 of every .safetensors
+                         file (checked on load); written last (completion mark)
 
 Saving is atomic at the folder level: everything is written to a fresh ``RUN/ckpt.tmp-XXXX``,
 then the old ``ckpt`` is renamed to ``ckpt.old-XXXX`` and the new folder renamed to ``ckpt``;
@@ -19,6 +20,7 @@ picks up. Nothing is ever unpickled: tensors come from safetensors, the rest fro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -166,6 +168,7 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.opti
         _save_tensors(tmp / "optimizer.safetensors", opt_tensors)
     rng_tensors, rng_scalars = rng_state()
     _save_tensors(tmp / "rng.safetensors", rng_tensors)
+    checksums = {f.name: _sha256(f) for f in sorted(tmp.glob("*.safetensors"))}
     cfg_dict = train_cfg.to_dict() if hasattr(train_cfg, "to_dict") else train_cfg
     state = {
         "format": FORMAT_VERSION,
@@ -177,6 +180,7 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.opti
         "rng": rng_scalars,
         "torch": torch.__version__,
         "extra": extra or {},
+        "sha256": checksums,
     }
     write_json(tmp / STATE_FILE, state)  # last: marks the folder complete
     _fsync_dir(tmp)
@@ -207,6 +211,32 @@ def _read_state(folder: Path) -> dict:
         raise ValueError(f"{path} is corrupt (not valid JSON): {e}") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise ValueError(f"{path} is corrupt: expected an object with an integer 'step'")
+    return state
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checkpoint(folder: str | Path) -> dict:
+    """Check every file listed in ``state.json``'s ``sha256`` against its content; return the state.
+
+    Raises ValueError naming the first file that is missing or whose bytes changed (a corrupted
+    file that still parses would otherwise load silently, e.g. as NaN weights).
+    """
+    folder = Path(folder)
+    state = _read_state(folder)
+    for name, digest in (state.get("sha256") or {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"checkpoint file {path} is missing")
+        if _sha256(path) != digest:
+            raise ValueError(f"checkpoint file {path} is corrupt: its sha256 differs from the one "
+                             f"recorded in {folder / STATE_FILE} when it was saved")
     return state
 
 
@@ -283,7 +313,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         else find_checkpoint(path)
     if folder is None:
         raise FileNotFoundError(f"no checkpoint found in {path}")
-    state = _read_state(folder)
+    state = verify_checkpoint(folder)
     model = unwrap(model)
     cfg = getattr(model, "cfg", None)
     if isinstance(cfg, ModelConfig):

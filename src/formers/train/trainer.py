@@ -26,6 +26,7 @@ of ``metrics.jsonl`` after the checkpoint step are dropped and recomputed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
@@ -48,6 +49,10 @@ from formers.train.config import TrainConfig
 from formers.train.optim import build_optimizer
 from formers.train.schedule import lr_at, set_lr
 from formers.train.task import Task
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite; nothing after the last checkpoint is saved."""
 
 
 class RunExistsError(FileExistsError, ValueError):
@@ -227,6 +232,8 @@ class Trainer:
             raise TypeError(f"Trainer: train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
         self.task, self.model_cfg, self.cfg = task, model_cfg, train_cfg
         self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ValueError(f"--out {self.out_dir} is an existing file, not a run folder")
         self.resume = bool(resume)
 
         device = resolve_device(train_cfg.device)
@@ -268,22 +275,44 @@ class Trainer:
         self.tokens_seen = 0
         if self.resume:
             if ckpt is None:
-                self._say(f"[yellow]no checkpoint in {self.out_dir}: starting a fresh run")
+                print(f"formers: no checkpoint in {self.out_dir}: starting a fresh run", file=sys.stderr)
             else:
                 state = load_checkpoint(ckpt, self.model, self.optimizer)
                 self.start_step = state["step"]
                 self.best = state.get("best")
                 self.tokens_seen = int(state.get("extra", {}).get("tokens", 0))
-                old = dict(state.get("train_config") or {})
-                now = cfg.to_dict()
-                changed = sorted(k for k in set(old) | set(now)
-                                 if k != "quiet" and old.get(k) != now.get(k))
-                if changed:
-                    self._say(f"[yellow]resuming with a changed train config: {changed}")
+                self._check_resume(state)
                 self._say(f"resuming from {ckpt} at step {self.start_step}")
 
         self.ddp = D.wrap_ddp(self.model, info, device)
         self.train_model = torch.compile(self.ddp) if cfg.compile else self.ddp
+
+    # Fields a resumed run may change: the budget and how the run is watched or executed. Any other
+    # change (data, seed, optimiser, batch, ...) would silently make a different run.
+    RESUMABLE_CHANGES = frozenset({"max_steps", "eval_every", "eval_batches", "checkpoint_every",
+                                   "quiet", "device", "compile"})
+
+    def _check_resume(self, state: dict) -> None:
+        """Refuse to resume with other data or other training settings than the checkpoint's."""
+        old = dict(state.get("train_config") or {})
+        now = self.cfg.to_dict()
+        changed = sorted(k for k in set(old) | set(now)
+                         if k not in self.RESUMABLE_CHANGES and old.get(k) != now.get(k))
+        if changed:
+            diff = "; ".join(f"{k}: run {old.get(k)!r} vs now {now.get(k)!r}" for k in changed)
+            raise ValueError(f"cannot resume {self.out_dir} with different training settings ({diff}); "
+                             f"only {sorted(self.RESUMABLE_CHANGES)} may change; use a new --out")
+        cfg_path = self.out_dir / "config.yaml"
+        if cfg_path.is_file():
+            import yaml
+
+            saved = (yaml.safe_load(cfg_path.read_text()) or {}).get("task")
+            now_task = json.loads(json.dumps(_plain(self._task_info())))
+            if saved is not None and saved != now_task:
+                keys = sorted(k for k in set(saved) | set(now_task) if saved.get(k) != now_task.get(k))
+                raise ValueError(f"cannot resume {self.out_dir}: it was trained on a different task or "
+                                 f"data (differs in {keys}: run {[saved.get(k) for k in keys]!r:.300}); "
+                                 f"use a new --out")
 
     # ------------------------------------------------------------------------------------------
 
@@ -449,6 +478,10 @@ class Trainer:
             for step in range(self.start_step, cfg.max_steps):
                 ts = time.perf_counter()
                 last_loss, gnorm, tokens = self._train_step(step)
+                if not math.isfinite(last_loss):
+                    raise TrainingDiverged(
+                        f"training diverged: train loss is {last_loss} at step {step + 1}; the last "
+                        f"checkpoint in {self.out_dir} is kept (lower --lr, or check the data)")
                 dt = time.perf_counter() - ts
                 train_time += dt
                 step_times.append(dt)
