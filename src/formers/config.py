@@ -65,6 +65,7 @@ class Config:
                 f"{cls.__name__}: unknown field(s) {unknown}; allowed: {sorted(fields)}"
             )
         hints = typing.get_type_hints(cls)
+        check_types(cls.__name__, data, hints)
         kwargs = {k: _build(hints[k], v) for k, v in data.items()}
         return cls(**kwargs)
 
@@ -112,7 +113,8 @@ def check_choice(owner: str, name: str, value: Any, allowed: typing.Iterable[Any
 
 
 def check_options(owner: str, fn: Any, options: dict[str, Any], reserved: typing.Iterable[str] = ()) -> None:
-    """Raise ``ValueError`` if ``options`` holds a keyword that callable ``fn`` does not take.
+    """Raise ``ValueError`` if ``options`` holds a keyword that callable ``fn`` does not take, and
+    ``TypeError`` if a value does not fit the parameter's annotation.
 
     ``reserved`` names parameters filled by the caller (not user options); ``self`` always is.
     A callable that takes ``**kwargs`` accepts everything.
@@ -124,3 +126,48 @@ def check_options(owner: str, fn: Any, options: dict[str, Any], reserved: typing
     bad = [k for k in options if k not in allowed]
     if bad:
         raise ValueError(f"{owner} does not take option(s) {bad}; allowed: {allowed}")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # annotations that cannot be resolved: names are checked, types are not
+        hints = {}
+    check_types(owner, options, hints)
+
+
+def conforms(value: Any, tp: Any) -> bool:
+    """Whether ``value`` fits the annotation ``tp`` (int, float, bool, str, Literal, Optional /
+    unions, list/tuple/dict of those, dataclasses; anything else is accepted). An int is a valid
+    float; a bool is not a valid int or float; a float is not a valid int."""
+    if tp is Any or tp is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(conforms(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis] or [Any]
+        return isinstance(value, (list, tuple)) and all(conforms(v, args[0]) for v in value)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, (tp, dict))
+    return True
+
+
+def check_types(owner: str, values: dict[str, Any], hints: dict[str, Any]) -> None:
+    """Raise ``TypeError`` naming the first value that does not fit its annotation."""
+    for name, value in values.items():
+        tp = hints.get(name, Any)
+        if not conforms(value, tp):
+            shown = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+            raise TypeError(f"{owner}.{name} = {value!r} ({type(value).__name__}) is not a valid {shown}")
