@@ -65,10 +65,14 @@ def test_compare_writes_table_and_plot(tmp_path, text_dir, capsys):
     assert all(len(v) == 2 for v in res["runs"].values())
     assert (out / "compare.png").stat().st_size > 0 and "val_bpb" in (out / "compare.md").read_text()
     assert "unigram entropy" in capsys.readouterr().out
-    # a re-run reuses finished runs instead of training again
-    mtime = (out / "baseline" / "seed0" / "summary.json").stat().st_mtime
+    # a re-run does not train finished runs again; changed settings are refused
+    metrics = (out / "baseline" / "seed0" / "metrics.jsonl").read_text()
     assert main(args) == 0
-    assert (out / "baseline" / "seed0" / "summary.json").stat().st_mtime == mtime
+    assert (out / "baseline" / "seed0" / "metrics.jsonl").read_text() == metrics
+    assert main([*args, "--lr", "0.5"]) == 2
+    assert "different training settings" in capsys.readouterr().err
+    assert main([*args[:2], "--models", "gqa,gqa", *args[4:]]) == 2
+    assert "more than once" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -83,6 +87,12 @@ def test_compare_writes_table_and_plot(tmp_path, text_dir, capsys):
     (["train", "lm", "--set", "nope=1"], "unknown field"),
     (["compare", "lm", "--models", "baseline,nope"], "unknown model 'nope'"),
     (["eval", "/nonexistent/run"], "not found"),
+    (["train", "lm", "--seed", "-1"], "seed must be >= 0"),
+    (["train", "lm", "--set", "d_model=32.0"], "d_model = 32.0 (float) is not a valid int"),
+    (["train", "lm", "--set", "bias=maybe"], "bias = 'maybe' (str) is not a valid bool"),
+    (["train", "lm", "--opt", "seq_len=abc"], "seq_len = 'abc' (str) is not a valid int"),
+    (["train", "lm", "--data", ""], "empty or the current folder"),
+    (["compare", "lm", "--models", ""], "unknown model ''"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "o")] if args[0] != "eval" else args) == 2
@@ -106,3 +116,33 @@ def test_yaml_config_sections_and_flag_precedence(tmp_path, text_dir):
     bad = tmp_path / "bad.yaml"
     bad.write_text("modle: {}\n")
     assert main(["train", "lm", "--config", str(bad)]) == 2
+
+
+def test_more_bad_input_one_line_each(tmp_path, text_dir, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model: [1, 2\n")
+    assert main(["train", "lm", "--config", str(bad_yaml)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["train", "lm", "--data", str(text_dir), "--out", str(a_file), *TINY]) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    # a sort run cannot generate text; an lm run cannot sample at temperature nan
+    sort_run = tmp_path / "sort"
+    assert main(["train", "sort", "--out", str(sort_run), "--max-steps", "1", "--quiet",
+                 "--opt", "length=4", "train_size=50", "val_size=10"]) == 0
+    assert main(["generate", str(sort_run)]) == 2
+    assert "byte-level LM" in capsys.readouterr().err
+    run = tmp_path / "lm"
+    assert main(["train", "lm", "--data", str(text_dir), "--out", str(run), *TINY]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--temperature", "nan"]) == 2
+    assert "finite" in capsys.readouterr().err
+    assert main(["generate", str(run), "--device", "foo"]) == 2
+    assert "device" in capsys.readouterr().err
+    assert main(["generate", str(run), "--prompt", "ab"]) == 0  # default length fills the context
+    assert len(capsys.readouterr().out.rstrip("\n").encode("utf-8", "replace")) >= 2
+    # the data changed after training: eval refuses rather than report an incomparable number
+    (text_dir / "f0.py").write_text("changed\n" * 40)
+    assert main(["eval", str(run)]) == 2
+    assert "changed since training" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -57,6 +58,19 @@ def _pairs(items: tuple[str, ...], what: str) -> dict[str, Any]:
     return out
 
 
+def _yaml_file(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; ValueError (with the parser's position) if it is not one."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping (key: value lines), got {type(data).__name__}")
+    return data
+
+
 def _read_yaml(path: Optional[Path]) -> dict[str, Any]:
     if path is None:
         return {}
@@ -64,7 +78,7 @@ def _read_yaml(path: Optional[Path]) -> dict[str, Any]:
 
     if not path.is_file():
         raise FileNotFoundError(f"--config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _yaml_file(path)
     bad = sorted(set(data) - {"model", "train", "task"})
     if bad:
         raise ValueError(f"{path}: unknown section(s) {bad}; allowed: model, train, task")
@@ -95,11 +109,12 @@ def list_cmd(kind: tyro.conf.Positional[Optional[str]] = None) -> None:
 
     _load_all()
     table = Table(title="formers registry" + (f": {kind}" if kind else ""))
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # piped: do not squeeze
     for col in ("kind", "name", "summary", "paper", "capabilities", "backend"):
         table.add_column(col, overflow="fold")
     for e in registry.entries(kind):
         table.add_row(*registry.as_row(e).values())
-    Console().print(table)
+    console.print(table)
 
 
 def info_cmd() -> None:
@@ -159,28 +174,35 @@ def train_cmd(
     tcfg = _train_config(t, flags, cfg_file.get("train", {}))
     out = out or Path("runs") / f"{task}-{model}-seed{tcfg.seed}"
     summary = Trainer(t, mcfg, tcfg, out, resume=resume).fit()
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary
+        print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, indent=2))
 
 
 def _run_task(run: Path):
     """The task and model of a run folder (written by the trainer)."""
-    import yaml
-
     from formers.nn.io import load_model
-    from formers.train.checkpoint import find_checkpoint
+    from formers.train.checkpoint import find_checkpoint, verify_checkpoint
     from formers.train.task import make_task
 
     run = Path(run)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: is {run} a formers run folder?")
-    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg = _yaml_file(cfg_path)
     desc = cfg.get("task", {})
+    if not isinstance(desc, dict) or "task" not in desc:
+        raise ValueError(f"{cfg_path} has no task section: is {run} a formers run folder?")
     seed = cfg.get("train", {}).get("seed", 0)
     task = make_task(desc["task"], seed, desc.get("options", {}))
+    corpus_then, corpus_now = desc.get("corpus"), task.describe().get("corpus")
+    if corpus_then and corpus_now and corpus_then.get("sha256") != corpus_now.get("sha256"):
+        raise ValueError(f"the data of {run} changed since training (corpus sha256 "
+                         f"{corpus_then.get('sha256', '?')[:12]}... then, {corpus_now['sha256'][:12]}... now); "
+                         f"its metrics would not be comparable")
     ckpt = find_checkpoint(run)
     if ckpt is None:
         raise FileNotFoundError(f"{run} holds no checkpoint (ckpt/): the run has not saved yet")
+    verify_checkpoint(ckpt)
     return task, load_model(ckpt), cfg
 
 
@@ -192,12 +214,12 @@ def eval_cmd(run: tyro.conf.Positional[Path], device: str = "cpu", batches: Opti
         batches / batch_size: default to the run's eval_batches / batch_size, so the numbers
             match the run's own final evaluation.
     """
-    import torch
+    from formers.train.trainer import resolve_device
 
     _load_all()
     task, model, cfg = _run_task(run)
     train = cfg.get("train", {})
-    dev = torch.device(device)
+    dev = resolve_device(device)
     n = batches or train.get("eval_batches", 16)
     bs = batch_size or train.get("batch_size", 32)
     print(json.dumps(task.evaluate(model.to(dev), n, bs, dev), indent=2))
@@ -206,7 +228,7 @@ def eval_cmd(run: tyro.conf.Positional[Path], device: str = "cpu", batches: Opti
 def generate_cmd(
     run: tyro.conf.Positional[Path],
     prompt: str = "def ",
-    max_new_tokens: int = 200,
+    max_new_tokens: Optional[int] = None,
     temperature: float = 0.8,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -217,6 +239,7 @@ def generate_cmd(
     """Continue PROMPT with a trained byte-level LM (a run folder's latest checkpoint).
 
     Args:
+        max_new_tokens: default: fill the model's context (max_seq_len - prompt length).
         temperature: 0 = greedy. top_k: 0 = off. top_p: 1.0 = off (nucleus sampling below 1).
         stop_tokens: token ids that end generation (bytes: e.g. 10 for a newline).
     """
@@ -225,21 +248,29 @@ def generate_cmd(
     from formers.nn.generate import SamplingConfig, generate
     from formers.text.tokenizer import ByteTokenizer
 
+    from formers.text.task import LMTask
+    from formers.train.trainer import resolve_device
+
     _load_all()
-    s = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       stop_tokens=list(stop_tokens))
-    _, model, _ = _run_task(run)
+    dev = resolve_device(device)
+    task, model, _ = _run_task(run)
+    if not isinstance(task, LMTask):
+        raise ValueError(f"generate continues text with a byte-level LM; {run} is a run of task "
+                         f"{type(task).__name__}")
     tok = ByteTokenizer()
     ids = tok.encode(prompt)
     if not ids:
         raise ValueError("--prompt must not be empty")
     room = model.cfg.max_seq_len - len(ids)
-    if room < max_new_tokens:
-        raise ValueError(f"prompt of {len(ids)} bytes + max_new_tokens {max_new_tokens} exceeds the "
+    n_new = room if max_new_tokens is None else max_new_tokens
+    if room < 1 or n_new > room:
+        raise ValueError(f"prompt of {len(ids)} bytes + max_new_tokens {n_new} exceeds the "
                          f"model's max_seq_len {model.cfg.max_seq_len}")
-    g = torch.Generator(device=device).manual_seed(seed)
-    x = torch.tensor([ids], device=device)
-    out = generate(model.to(device), x, s, generator=g)
+    s = SamplingConfig(max_new_tokens=n_new, temperature=temperature, top_k=top_k, top_p=top_p,
+                       stop_tokens=list(stop_tokens))
+    g = torch.Generator(device=dev).manual_seed(seed)
+    x = torch.tensor([ids], device=dev)
+    out = generate(model.to(dev), x, s, generator=g)
     print(tok.decode(out[0]))
 
 
@@ -259,8 +290,10 @@ def compare_cmd(
 
     Args:
         models: comma-separated model variants (default: the task's default set).
-        seeds: seeds per model (0..N-1); mean ± std and a Welch p-value against the first model.
-        out: output folder (default runs/compare-TASK). Re-running resumes unfinished runs.
+        seeds: seeds per model (--seed S gives S..S+N-1, default 0..N-1); mean ± std and a Welch
+            p-value against the first model.
+        out: output folder (default runs/compare-TASK). Re-running resumes unfinished runs from
+            their last checkpoint and refuses changed settings.
     """
     from rich.console import Console
     from rich.markdown import Markdown
@@ -272,7 +305,7 @@ def compare_cmd(
     cfg_file = _read_yaml(config)
     options = _task_options(cfg_file, data, opt)
     probe = make_task(task, 0, options)
-    names = [m.strip() for m in models.split(",")] if models else list(probe.default_models)
+    names = [m.strip() for m in models.split(",")] if models is not None else list(probe.default_models)
     tcfg = _train_config(probe, flags, cfg_file.get("train", {}))
     out = out or Path("runs") / f"compare-{task}"
     overrides = {**cfg_file.get("model", {}), **_pairs(set, "--set")}
@@ -299,7 +332,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     try:
         tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="formers")
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except (ValueError, TypeError, OSError) as e:  # FileNotFoundError, PermissionError, ...
         print(f"formers: error: {e}", file=sys.stderr)
         return 2
     return 0

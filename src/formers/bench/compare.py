@@ -2,7 +2,7 @@
 seeds; one table (params, final metric mean ± std, tokens/s, peak memory, Welch p-value against
 the first model) and one plot of validation curves. Each run trains in its own process, so the
 peak memory it reports (max RSS on CPU) is its own. A killed comparison resumes: finished runs
-are reused and an interrupted run continues from its checkpoint."""
+are re-evaluated and an interrupted run continues from its last checkpoint."""
 
 from __future__ import annotations
 
@@ -57,30 +57,37 @@ def _train_run(task_module: str, task_name: str, seed: int, options: dict[str, A
 def compare(task_name: str, models: list[str], seeds: int, train: TrainConfig, out: Path,
             task_options: dict[str, Any] | None = None,
             model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train every (model, seed) pair and summarise. Returns the summary written to compare.json."""
+    """Train every (model, seed) pair and summarise. Returns the summary written to compare.json.
+
+    Seeds are ``train.seed`` ... ``train.seed + seeds - 1`` (run folders ``out/MODEL/seedS``). A run
+    folder that exists is resumed through the trainer, which refuses other settings or data than
+    the run was started with (a finished run is only re-evaluated; a larger ``max_steps`` extends
+    it).
+    """
     if not models:
         raise ValueError("compare: name at least one model (--models a,b,...)")
+    if len(set(models)) != len(models):
+        raise ValueError(f"compare: models {models} name a model more than once")
     if seeds <= 0:
         raise ValueError(f"compare: seeds must be > 0, got {seeds}")
-    tasks = {s: make_task(task_name, s, task_options) for s in range(seeds)}
+    seed_list = list(range(train.seed, train.seed + seeds))
+    tasks = {s: make_task(task_name, s, task_options) for s in seed_list}
     configs = {}
     for m in models:  # build every config first: a bad name fails before any training
-        cfg = tasks[0].model_config(m)
+        cfg = tasks[seed_list[0]].model_config(m)
         if model_overrides:
             cfg = ModelConfig.from_dict({**cfg.to_dict(), **model_overrides})
         configs[m] = cfg
-    metric = tasks[0].metric
+    metric = tasks[seed_list[0]].metric
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
     for m in models:
-        for s in range(seeds):
+        for s in seed_list:
             run = out / m / f"seed{s}"
-            if (run / "summary.json").is_file():
-                summary = json.loads((run / "summary.json").read_text())
-            else:  # each run in a fresh process: its peak memory is its own, not the maximum so far
-                with mp.get_context("spawn").Pool(1) as pool:
-                    summary = pool.apply(_train_run, (type(tasks[s]).__module__, task_name, s,
-                                                      task_options, configs[m].to_dict(),
-                                                      train.replace(seed=s).to_dict(), str(run)))
+            # each run in a fresh process: its peak memory is its own, not the maximum so far
+            with mp.get_context("spawn").Pool(1) as pool:
+                summary = pool.apply(_train_run, (type(tasks[s]).__module__, task_name, s,
+                                                  task_options, configs[m].to_dict(),
+                                                  train.replace(seed=s).to_dict(), str(run)))
             runs[m].append({"seed": s, "run": str(run), **summary})
     rows = []
     base = [r[metric] for r in runs[models[0]]]
@@ -95,12 +102,13 @@ def compare(task_name: str, models: list[str], seeds: int, train: TrainConfig, o
             "peak_mem_mb": statistics.mean(r.get("peak_mem_mb", math.nan) for r in runs[m]),
             "p_vs_first": None if m == models[0] else welch_p(vals, base),
         })
-    result = {"task": task_name, "metric": metric, "lower_is_better": tasks[0].lower_is_better,
-              "seeds": seeds, "train": train.to_dict(), "task_info": tasks[0].describe(),
+    first = tasks[seed_list[0]]
+    result = {"task": task_name, "metric": metric, "lower_is_better": first.lower_is_better,
+              "seeds": seeds, "seed_list": seed_list, "train": train.to_dict(), "task_info": first.describe(),
               "rows": rows, "runs": runs}
     write_json(out / "compare.json", result)
     write_text(out / "compare.md", table_markdown(result))
-    plot_curves(out, models, seeds, metric)
+    plot_curves(out, models, seed_list, metric)
     return result
 
 
@@ -117,7 +125,7 @@ def table_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(out: Path, models: list[str], seeds: int, metric: str) -> Path:
+def plot_curves(out: Path, models: list[str], seeds: list[int], metric: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,7 +133,7 @@ def plot_curves(out: Path, models: list[str], seeds: int, metric: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in models:
-        curves = [_read_curve(out / m / f"seed{s}", metric) for s in range(seeds)]
+        curves = [_read_curve(out / m / f"seed{s}", metric) for s in seeds]
         steps = sorted({st for c in curves for st, _ in c})
         means = []
         for st in steps:
@@ -133,7 +141,7 @@ def plot_curves(out: Path, models: list[str], seeds: int, metric: str) -> Path:
             means.append(statistics.mean(vals))
         ax.plot(steps, means, marker="o", ms=3, label=m)
     ax.set_xlabel("step")
-    ax.set_ylabel(metric + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
+    ax.set_ylabel(metric + (f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

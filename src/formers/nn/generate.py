@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -28,8 +29,8 @@ class SamplingConfig(Config):
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
@@ -75,6 +76,9 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, sampling: SamplingConfig
     s = sampling or SamplingConfig()
     if ids.dim() != 2 or ids.shape[1] == 0:
         raise ValueError(f"prompt ids must be (batch, prompt_len >= 1), got shape {tuple(ids.shape)}")
+    bad = [t for t in s.stop_tokens if not 0 <= t < model.cfg.vocab_size]
+    if bad:
+        raise ValueError(f"stop tokens {bad} are outside the vocabulary [0, {model.cfg.vocab_size})")
     max_len = model.cfg.max_seq_len
     if ids.shape[1] + s.max_new_tokens > max_len:
         raise ValueError(f"prompt_len {ids.shape[1]} + max_new_tokens {s.max_new_tokens} exceeds "

@@ -47,6 +47,9 @@ def _files(paths: list[Path]) -> list[tuple[Path, Path]]:
     """(root, file) pairs: files as given, folders walked recursively for text-like files."""
     out: list[tuple[Path, Path]] = []
     for p in paths:
+        if str(p).strip() in ("", "."):
+            raise ValueError(f"data path {str(p)!r} is empty or the current folder; name the files "
+                             f"or folders to read")
         if not p.exists():
             raise FileNotFoundError(f"data path does not exist: {p}")
         if p.is_file():
@@ -84,17 +87,19 @@ def load_corpus(paths: list[str | Path] | None = None) -> Corpus:
     total = sum(len(d) for d in train) + sum(len(d) for d in val)
     if total == 0:
         raise ValueError(f"the corpus {[str(f) for _, f in pairs][:3]} holds no bytes")
+    split = "crc32(relative path) % 10 == 0 -> val"
     if len(pairs) == 1 or not train or not val:
         stream = b"\n".join(train + val)
         cut = math.floor(0.9 * len(stream))
         train, val = [stream[:cut]], [stream[cut:]]
+        split = "bytes: first 90% train, last 10% val (one file, or no file fell to either side)"
     info = {
         "name": name,
         "files": len(pairs),
         "bytes": total,
         "sha256": sha.hexdigest(),
         "root": str(pairs[0][0]) if not paths else [str(p) for p in paths],
-        "split": "crc32(relative path) % 10 == 0 -> val",
+        "split": split,
     }
     tr = np.frombuffer(b"\n".join(train), dtype=np.uint8)
     va = np.frombuffer(b"\n".join(val), dtype=np.uint8)

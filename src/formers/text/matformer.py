@@ -42,7 +42,7 @@ class MatFormerLMTask(LMTask):
 
     default_models = ("matformer", "baseline")
 
-    def __init__(self, seed: int = 0, data: list[str] | None = None, seq_len: int = 128,
+    def __init__(self, seed: int = 0, data: list[str] | str | None = None, seq_len: int = 128,
                  d_model: int = 128, n_layers: int = 4, n_heads: int = 4, schedule: str = "joint") -> None:
         if schedule not in SCHEDULES:
             raise ValueError(f"lm-matformer task: schedule {schedule!r} is not one of {list(SCHEDULES)}")

@@ -33,9 +33,11 @@ class LMTask(Task):
     lower_is_better = True
     default_models = ("baseline", "rope", "gqa", "denseformer", "value-residual")
 
-    def __init__(self, seed: int = 0, data: list[str] | None = None, seq_len: int = 128,
+    def __init__(self, seed: int = 0, data: list[str] | str | None = None, seq_len: int = 128,
                  d_model: int = 128, n_layers: int = 4, n_heads: int = 4) -> None:
         super().__init__(seed)
+        if isinstance(data, str):  # --opt data=PATH gives one string
+            data = [data]
         for name, v in (("seq_len", seq_len), ("d_model", d_model), ("n_layers", n_layers),
                         ("n_heads", n_heads)):
             if v <= 0:

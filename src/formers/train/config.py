@@ -49,6 +49,8 @@ class TrainConfig(Config):
                        grad_accum=self.grad_accum, lr=self.lr, eval_every=self.eval_every,
                        eval_batches=self.eval_batches)
         check_choice(o, "dtype", self.dtype, ("auto", "fp32", "bf16"))
+        if self.seed < 0:
+            raise ValueError(f"{o}.seed must be >= 0, got {self.seed}")
         for name in ("warmup_steps", "checkpoint_every", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{o}.{name} must be >= 0, got {getattr(self, name)}")

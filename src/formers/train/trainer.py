@@ -529,6 +529,11 @@ class Trainer:
             "dtype": "bf16" if self.amp_dtype == torch.bfloat16 else "fp32",
             "world_size": info.world_size,
         }
+        old_summary = self.out_dir / "summary.json"
+        if not step_times and old_summary.is_file():  # nothing trained now: keep the run's own speed
+            before = json.loads(old_summary.read_text())
+            for key in ("tokens_per_s", "step_time_median_s", "peak_mem_mb", "wall_time_s"):
+                summary[key] = before.get(key, summary[key])
         summary = _plain(summary)
         if info.is_main:
             write_json(self.out_dir / "summary.json", summary)
