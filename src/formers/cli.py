@@ -182,7 +182,7 @@ def _run_task(run: Path):
     """The task and model of a run folder (written by the trainer)."""
     from formers.nn.io import load_model
     from formers.train.checkpoint import find_checkpoint, verify_checkpoint
-    from formers.train.task import make_task
+    from formers.train.task import check_same_task, make_task
 
     run = Path(run)
     cfg_path = run / "config.yaml"
@@ -194,11 +194,7 @@ def _run_task(run: Path):
         raise ValueError(f"{cfg_path} has no task section: is {run} a formers run folder?")
     seed = cfg.get("train", {}).get("seed", 0)
     task = make_task(desc["task"], seed, desc.get("options", {}))
-    corpus_then, corpus_now = desc.get("corpus"), task.describe().get("corpus")
-    if corpus_then and corpus_now and corpus_then.get("sha256") != corpus_now.get("sha256"):
-        raise ValueError(f"the data of {run} changed since training (corpus sha256 "
-                         f"{corpus_then.get('sha256', '?')[:12]}... then, {corpus_now['sha256'][:12]}... now); "
-                         f"its metrics would not be comparable")
+    check_same_task(desc, task, f"{run} cannot be evaluated as it was trained")
     ckpt = find_checkpoint(run)
     if ckpt is None:
         raise FileNotFoundError(f"{run} holds no checkpoint (ckpt/): the run has not saved yet")

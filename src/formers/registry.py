@@ -34,6 +34,7 @@ class Capabilities:
 
     causal: usable with a causal mask (decoders).  bidirectional: usable without one.
     kv_cache: supports incremental decoding with a cache.  cross: usable as cross-attention.
+    mixes_tokens: False for a mixer that leaves tokens unmixed (the ``none`` mixer of FFN-only layers).
     needs_attn_matrix: must materialise the attention matrix (no fused kernel).
     compile_safe / export_safe: works under ``torch.compile(fullgraph=True)`` / ONNX export.
     backend: the kernel path in words (shown by ``formers list``).
@@ -41,6 +42,7 @@ class Capabilities:
 
     causal: bool = True
     bidirectional: bool = True
+    mixes_tokens: bool = True
     kv_cache: bool = False
     cross: bool = False
     varlen: bool = False
@@ -127,7 +129,7 @@ def entries(kind: str | None = None) -> Iterator[Entry]:
 
 def as_row(e: Entry) -> dict[str, str]:
     caps = dataclasses.asdict(e.caps)
-    flags = [k for k, v in caps.items() if v is True and k not in ("compile_safe", "export_safe")]
+    flags = [k for k, v in caps.items() if v is True and k not in ("compile_safe", "export_safe", "mixes_tokens")]
     if e.kind not in ("attention", "cache"):
         flags = []
     return {

@@ -73,6 +73,39 @@ class Task(ABC):
         return int(first.numel())
 
 
+def task_record(task: Task) -> dict[str, Any]:
+    """What a run records about its task (config.yaml's ``task:`` section), as plain JSON types:
+    ``task.describe()`` at the top level, plus ``task`` (registry name), ``options``, ``class``,
+    ``seed``, ``metric`` and ``lower_is_better`` where describe() does not give them. A run folder
+    rebuilds its task from ``task`` and ``options``."""
+    import json
+
+    from formers.registry import get_kind
+
+    info = dict(task.describe() or {})
+    names = [n for n, e in get_kind("task").items() if e.obj is type(task)]
+    info.setdefault("task", names[0] if names else type(task).__name__)
+    if isinstance(getattr(task, "options", None), dict):
+        info.setdefault("options", task.options)
+    info.setdefault("class", f"{type(task).__module__}.{type(task).__qualname__}")
+    info.setdefault("seed", task.seed)
+    info.setdefault("metric", task.metric)
+    info.setdefault("lower_is_better", task.lower_is_better)
+    return json.loads(json.dumps(info, default=str))
+
+
+def check_same_task(saved: dict[str, Any] | None, task: Task, what: str) -> None:
+    """Raise ValueError (starting with ``what``) when a run's recorded task differs from ``task``
+    (another task, other options, or data whose size or sha256 changed). None passes."""
+    if saved is None:
+        return
+    now = task_record(task)
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if keys:
+        raise ValueError(f"{what}: the run was made with a different task or data (differs in {keys}: "
+                         f"run {[saved.get(k) for k in keys]!r:.300}); its numbers would not be comparable")
+
+
 def make_task(name: str, seed: int = 0, options: dict[str, Any] | None = None) -> Task:
     """Build registered task ``name`` with keyword ``options`` (names checked first).
 

@@ -48,7 +48,7 @@ from formers.train.checkpoint import find_checkpoint, load_checkpoint, save_chec
 from formers.train.config import TrainConfig
 from formers.train.optim import build_optimizer
 from formers.train.schedule import lr_at, set_lr
-from formers.train.task import Task
+from formers.train.task import Task, check_same_task, task_record
 
 
 class TrainingDiverged(ValueError):
@@ -134,19 +134,6 @@ def peak_memory_mb(device: torch.device) -> float:
 def _plain(obj: Any) -> Any:
     """``obj`` as plain JSON types (unknown objects become strings)."""
     return json.loads(json.dumps(obj, default=str))
-
-
-def _registry_name(task: Task) -> str:
-    """The name ``task``'s class is registered under (kind ``task``), else its class name."""
-    try:
-        from formers.registry import get_kind
-
-        for name, entry in get_kind("task").items():
-            if entry.obj is type(task):
-                return name
-    except (ImportError, ValueError):
-        pass
-    return type(task).__name__
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -307,12 +294,7 @@ class Trainer:
             import yaml
 
             saved = (yaml.safe_load(cfg_path.read_text()) or {}).get("task")
-            now_task = json.loads(json.dumps(_plain(self._task_info())))
-            if saved is not None and saved != now_task:
-                keys = sorted(k for k in set(saved) | set(now_task) if saved.get(k) != now_task.get(k))
-                raise ValueError(f"cannot resume {self.out_dir}: it was trained on a different task or "
-                                 f"data (differs in {keys}: run {[saved.get(k) for k in keys]!r:.300}); "
-                                 f"use a new --out")
+            check_same_task(saved, self.task, f"cannot resume {self.out_dir}")
 
     # ------------------------------------------------------------------------------------------
 
@@ -326,19 +308,8 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _task_info(self) -> dict:
-        """The ``task:`` section of config.yaml: ``task.describe()`` at the top level (so a run
-        folder can rebuild its task from ``task`` = registry name and ``options``), plus the
-        class, seed, metric and its direction."""
-        t = self.task
-        info = dict(t.describe() or {})
-        info.setdefault("task", _registry_name(t))
-        if isinstance(getattr(t, "options", None), dict):
-            info.setdefault("options", t.options)
-        info.setdefault("class", f"{type(t).__module__}.{type(t).__qualname__}")
-        info.setdefault("seed", getattr(t, "seed", None))
-        info.setdefault("metric", t.metric)
-        info.setdefault("lower_is_better", t.lower_is_better)
-        return _plain(info)
+        """The ``task:`` section of config.yaml (:func:`formers.train.task.task_record`)."""
+        return task_record(self.task)
 
     def _write_config(self) -> None:
         import yaml

@@ -22,7 +22,7 @@ from formers.registry import Capabilities, Paper, register
     paper=Paper("Brainformers: Trading Simplicity for Efficiency", "2306.00008",
                 "§3 (FFN-only sub-layers of a heterogeneous block)"),
     # kv_cache=True: it keeps nothing, so cached decoding is trivially exact.
-    caps=Capabilities(causal=True, bidirectional=True, kv_cache=True,
+    caps=Capabilities(causal=True, bidirectional=True, kv_cache=True, mixes_tokens=False,
                       backend="none (no token mixing)"),
     summary="no token mixing: the mixer sub-layer adds zero (FFN-only layers)",
 )
