@@ -17,7 +17,9 @@ CPU: about 20 s per run with 1 thread. On a GPU pass --device cuda (and e.g. --b
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -36,6 +38,7 @@ ARMS = ("baseline", "ln-no-projection", "ln-no-scale")
 
 
 def run(arm: str, seed: int, args, tmp: Path) -> dict:
+    torch.set_num_threads(args.threads)
     task = make_task("majority", seed, {"val_size": 1000})
     tc = task.default_train().replace(max_steps=args.steps, batch_size=args.batch, lr=args.lr,
                                       eval_every=args.eval_every, seed=seed, quiet=True, device=args.device)
@@ -61,19 +64,23 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (one per arm and seed)")
     p.add_argument("--out", default="benchmarks/results/layernorm_majority.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    runs = []
+    jobs = [(arm, seed) for arm in args.arms.split(",") for seed in range(args.seeds)]
     with tempfile.TemporaryDirectory() as d:
-        for arm in args.arms.split(","):
-            for seed in range(args.seeds):
-                r = run(arm, seed, args, Path(d))
-                runs.append(r)
-                print(f"{arm:18s} seed {seed}: acc {r['val_acc']:.3f} loss {r['val_loss']:.3f} "
-                      f"angle {r['query_angle']:.1f} unselectable after/raw "
-                      f"{r['unselectable_after_norm']}/{r['unselectable_raw_embeddings']} ({r['wall_s']:.0f}s)",
-                      file=sys.stderr)
+        if args.jobs > 1:
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+                runs = list(pool.map(run, *zip(*jobs), [args] * len(jobs), [Path(d)] * len(jobs)))
+        else:
+            runs = [run(arm, seed, args, Path(d)) for arm, seed in jobs]
+    for r in runs:
+        print(f"{r['arm']:18s} seed {r['seed']}: acc {r['val_acc']:.3f} loss {r['val_loss']:.3f} "
+              f"angle {r['query_angle']:.1f} unselectable after/raw "
+              f"{r['unselectable_after_norm']}/{r['unselectable_raw_embeddings']} ({r['wall_s']:.0f}s)",
+              file=sys.stderr)
     table = {}
     for arm in args.arms.split(","):
         rs = [r for r in runs if r["arm"] == arm]
