@@ -217,3 +217,18 @@ def test_low_rank_by_design_trains():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_init_matches_the_dense_std():
+    """From scratch, each LED product D E has the std the dense layer would get (init_std, and
+    init_std / sqrt(2L) for the residual projections o / down), not init_std^2 sqrt(r)."""
+    cfg = ModelConfig(vocab_size=37, d_model=256, n_layers=2, n_heads=4, d_ff=1024, max_seq_len=32,
+                      init_std=0.02)
+    torch.manual_seed(0)
+    m = build_model(lowrank_config(cfg, 0.5))
+    leds = {n: mod for n, mod in m.named_modules() if isinstance(mod, LowRankLinear)}
+    assert leds
+    for name, led in leds.items():
+        want = 0.02 / (math.sqrt(4) if name.endswith((".o", ".down")) else 1.0)
+        got = led.weight.std().item()
+        assert abs(got - want) < 0.1 * want, (name, got, want)

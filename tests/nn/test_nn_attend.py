@@ -195,3 +195,23 @@ def test_errors():
         attend(q, k[:, :3], v[:, :3])
     with pytest.raises(ValueError):
         attend(q, k, v[..., :4])
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "reference"])
+def test_pattern_over_positions_equals_explicit_mask(backend):
+    """A pattern is evaluated on absolute positions and combined with causal and key masks."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 5, 8) for _ in range(3))
+    q_pos, k_pos = torch.arange(10, 15), torch.arange(10, 15)
+    window = lambda qp, kp: qp - kp < 2  # noqa: E731
+    got, _ = attend(q, k, v, causal=True, pattern=window, q_pos=q_pos, k_pos=k_pos, backend=backend)
+    i = torch.arange(5)
+    mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < 2)
+    want = torch.softmax((q @ k.transpose(-1, -2) / 8 ** 0.5).masked_fill(~mask, float("-inf")), -1) @ v
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_pattern_needs_positions():
+    q = torch.randn(1, 1, 3, 4)
+    with pytest.raises(ValueError, match="pattern needs q_pos"):
+        attend(q, q, q, pattern=lambda a, b: a >= b)

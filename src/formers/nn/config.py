@@ -17,12 +17,14 @@ VALUE_RESIDUALS = ("none", "mix", "learned", "shared")
 class LayerSpec(Config):
     """What one layer uses: the token mixer, the feed-forward and the cache policy (registry names).
 
-    ``attention_options`` / ``ffn_options`` are passed to that part's constructor as keywords.
+    ``attention_options`` / ``ffn_options`` / ``cache_options`` are passed to that part's
+    constructor as keywords (e.g. ``cache="window", cache_options={"window": 128}``).
     """
 
     attention: str = "softmax"
     ffn: str = "mlp"
     cache: str = "full"
+    cache_options: dict[str, Any] = field(default_factory=dict)
     attention_options: dict[str, Any] = field(default_factory=dict)
     ffn_options: dict[str, Any] = field(default_factory=dict)
 

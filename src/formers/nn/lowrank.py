@@ -50,11 +50,12 @@ Deviations from the paper / reference code:
 * The bias of a factorised layer is copied, never shared with the dense model (``auto_fact`` with
   ``deepcopy=False`` shares the bias Parameter object).
 * ``LowRankLinear`` works on non-contiguous inputs (the reference's ``LED.forward`` uses ``.view``).
-* Initialisation when training from scratch: the backbone's GPT-2 init draws both factors from
-  N(0, init_std), so the product D E starts at std init_std^2 sqrt(r) (smaller than a dense
-  layer's init_std), and the 1/sqrt(2L) residual scaling of ``o`` / ``down`` (which matches on
-  ``.o.weight`` / ``.down.weight``) does not reach the factors ``o.D.weight`` / ``down.D.weight``.
-  Greenformer's random solver uses ``nn.Linear``'s default (Kaiming-uniform) init instead.
+* Initialisation when training from scratch: each LED unit draws both factors from
+  N(0, sqrt(s / sqrt(r))), so every entry of D E has the std s the dense layer would get from the
+  backbone's GPT-2 init (``init_std``, scaled by 1/sqrt(2L) for ``o`` / ``down``); drawing each
+  factor from N(0, init_std) instead would start D E at init_std^2 sqrt(r), several times too
+  small, which slows training markedly. Greenformer's random solver uses ``nn.Linear``'s default
+  (Kaiming-uniform) init per factor; the paper does not specify one.
 * Cross-attention in encoder-decoder models is always the backbone's dense ``softmax`` part
   (``Block`` builds it by name), so neither the config route nor :func:`factorize` makes it
   low-rank; the report lists it as left dense.
@@ -146,6 +147,16 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.D(self.E(x))
+
+    @torch.no_grad()
+    def init_like_dense(self, std: float) -> None:
+        """Draw both factors from N(0, sqrt(std / sqrt(rank))) so that every entry of D E has
+        std ``std``, as the dense layer it replaces (var of a sum of r products = r s^4)."""
+        s = math.sqrt(std / math.sqrt(self.rank))
+        nn.init.normal_(self.E.weight, std=s)
+        nn.init.normal_(self.D.weight, std=s)
+        if self.D.bias is not None:
+            nn.init.zeros_(self.D.bias)
 
     @torch.no_grad()
     def load_svd(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

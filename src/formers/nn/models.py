@@ -18,16 +18,20 @@ from formers.registry import get
 
 def _init_weights(model: nn.Module, cfg: ModelConfig, n_layers: int) -> None:
     """GPT-2 initialisation: N(0, init_std) for linear and embedding weights, zero biases, and
-    residual output projections (attention ``o``, feed-forward ``down``) scaled by 1/sqrt(2L)."""
+    residual output projections (attention ``o``, feed-forward ``down``) scaled by 1/sqrt(2L).
+    A module with an ``init_like_dense(std)`` method (e.g. a factorised linear) is then given the
+    std its dense counterpart would get and initialises its own parameters to match it."""
+    residual = 1 / math.sqrt(2 * n_layers)
     for name, p in model.named_parameters():
         if p.dim() < 2 or "norm" in name:
             if name.endswith("bias"):
                 nn.init.zeros_(p)
             continue
-        std = cfg.init_std
-        if name.endswith((".o.weight", ".down.weight")):
-            std /= math.sqrt(2 * n_layers)
+        std = cfg.init_std * (residual if name.endswith((".o.weight", ".down.weight")) else 1.0)
         nn.init.normal_(p, std=std)
+    for name, m in model.named_modules():
+        if callable(getattr(m, "init_like_dense", None)):
+            m.init_like_dense(cfg.init_std * (residual if name.endswith((".o", ".down")) else 1.0))
 
 
 class _Embedder(nn.Module):
@@ -112,11 +116,31 @@ class TransformerLM(nn.Module):
 
 
 def make_cache(cfg: ModelConfig, n_layers: int) -> KVCache:
+    """The decoding cache of ``cfg``: each layer's policy, checked against its mixer.
+
+    A mixer with ``caps.state_cache`` needs the ``recurrent`` policy and only it; ``window`` /
+    ``sink-window`` need a mixer whose class tells how far back its pattern reaches
+    (``cache_reach(attention_options) -> (sinks, window)``: keys at positions < sinks or within
+    the last ``window`` positions) and a policy that keeps at least that much.
+    """
     specs = [cfg.layer_spec(i) for i in range(n_layers)]
     for i, s in enumerate(specs):
-        if not get("attention", s.attention).caps.kv_cache:
+        entry = get("attention", s.attention)
+        if not entry.caps.kv_cache:
             raise ValueError(f"layer {i}: attention {s.attention!r} does not support a KV cache")
-    return KVCache([s.cache for s in specs])
+        if entry.caps.state_cache != (s.cache == "recurrent"):
+            raise ValueError(f"layer {i}: attention {s.attention!r} needs cache policy "
+                             f"{'recurrent' if entry.caps.state_cache else 'full, window or sink-window'}, "
+                             f"got {s.cache!r}")
+        if s.cache in ("window", "sink-window"):
+            reach = getattr(entry.obj, "cache_reach", None)
+            reach = reach(dict(s.attention_options)) if reach is not None else None
+            kept = (s.cache_options.get("sinks", 0), s.cache_options.get("window"))
+            if reach is None or reach[0] > kept[0] or reach[1] > kept[1]:
+                raise ValueError(f"layer {i}: cache {s.cache!r} with {dict(s.cache_options)} evicts keys "
+                                 f"that attention {s.attention!r} may still attend to (it reaches "
+                                 f"{'every earlier key' if reach is None else f'sinks={reach[0]}, window={reach[1]}'})")
+    return KVCache([s.cache for s in specs], [s.cache_options for s in specs])
 
 
 class EncoderDecoder(nn.Module):
@@ -173,7 +197,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"build_model expects a ModelConfig, got {type(cfg).__name__}")
     for i in range(cfg.n_layers):
-        get("cache", cfg.layer_spec(i).cache)  # unknown cache policies fail here, not at decoding
+        spec = cfg.layer_spec(i)
+        get("cache", spec.cache).obj(**dict(spec.cache_options))  # bad policies/options fail here
     if cfg.arch == "encoder-decoder":
         return EncoderDecoder(cfg)
     return TransformerLM(cfg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,9 @@ def attend(
     causal: bool = False,
     bias: torch.Tensor | None = None,
     key_mask: torch.Tensor | None = None,
+    pattern: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    q_pos: torch.Tensor | None = None,
+    k_pos: torch.Tensor | None = None,
     scale: float | None = None,
     dropout_p: float = 0.0,
     backend: str = "auto",
@@ -51,13 +55,19 @@ def attend(
         causal: mask keys after each query (bottom-right aligned when q_len < k_len).
         bias: additive float bias broadcastable to (batch, n_heads, q_len, k_len) (e.g. ALiBi).
         key_mask: (batch, k_len) bool, True = keep (padding mask).
+        pattern: a sparsity pattern ``pattern(q_pos[:, None], k_pos[None, :]) -> bool`` over
+            absolute positions, True = may attend (sliding window, global tokens, blocks ...);
+            applied on top of ``causal`` and ``key_mask``. Positions, not indices, so a cache that
+            evicts keys keeps the pattern right.
+        q_pos, k_pos: (q_len,), (k_len,) int64 absolute positions; needed with ``pattern``.
         scale: defaults to 1/sqrt(head_dim).
         backend: ``auto`` (SDPA unless weights are requested), ``sdpa`` or ``reference``.
         return_weights: also return the (batch, n_heads, q_len, k_len) probabilities (reference).
     Returns:
         (out, weights): out is (batch, n_heads, q_len, head_dim); weights is None unless asked.
     Raises:
-        ValueError: unknown backend, mismatched shapes, or ``sdpa`` with ``return_weights``.
+        ValueError: unknown backend, mismatched shapes, ``sdpa`` with ``return_weights``, or a
+            ``pattern`` without positions of the right lengths.
     """
     if backend not in BACKENDS:
         raise ValueError(f"attend: backend {backend!r} is not one of {list(BACKENDS)}")
@@ -66,6 +76,11 @@ def attend(
             f"attend: expected q (B,H,Tq,D) and k=v (B,Hkv,Tk,D), got q {tuple(q.shape)}, "
             f"k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
+    if pattern is not None and (q_pos is None or k_pos is None or q_pos.shape != (q.shape[-2],)
+                                or k_pos.shape != (k.shape[-2],)):
+        raise ValueError(f"attend: a pattern needs q_pos ({q.shape[-2]},) and k_pos ({k.shape[-2]},), "
+                         f"got {None if q_pos is None else tuple(q_pos.shape)} and "
+                         f"{None if k_pos is None else tuple(k_pos.shape)}")
     h, hkv = q.shape[1], k.shape[1]
     if h % hkv:
         raise ValueError(f"attend: n_kv_heads = {hkv} must divide n_heads = {h}")
@@ -81,6 +96,9 @@ def attend(
     allowed = None
     if causal and tq > 1:
         allowed = causal_mask(tq, tk, q.device)
+    if pattern is not None:
+        pm = pattern(q_pos[:, None], k_pos[None, :]).to(torch.bool)
+        allowed = pm if allowed is None else (allowed & pm)
     if key_mask is not None:
         km = key_mask[:, None, None, :].to(torch.bool)
         allowed = km if allowed is None else (allowed & km)
@@ -89,7 +107,7 @@ def attend(
     if not use_ref:
         if not torch.compiler.is_compiling():
             CALLS["sdpa"] += 1
-        if bias is None and allowed is not None and key_mask is None and tq == tk:
+        if bias is None and causal and pattern is None and key_mask is None and tq == tk and tq > 1:
             out = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale
             )
