@@ -77,3 +77,10 @@ def test_recurrent_policy_refused_for_softmax():
                       layers=[LayerSpec(cache="recurrent")])
     with pytest.raises(ValueError, match="needs cache policy full"):
         build_model(cfg).new_cache()
+
+
+def test_auto_policy_is_full_for_softmax():
+    cfg = ModelConfig(vocab_size=11, d_model=8, n_layers=2, n_heads=2, max_seq_len=16)
+    assert cfg.layer_spec(0).cache == "auto"
+    cache = build_model(cfg).new_cache()
+    assert all(type(c).__name__ == "FullCache" for c in cache.layers)

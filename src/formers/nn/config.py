@@ -18,12 +18,13 @@ class LayerSpec(Config):
     """What one layer uses: the token mixer, the feed-forward and the cache policy (registry names).
 
     ``attention_options`` / ``ffn_options`` / ``cache_options`` are passed to that part's
-    constructor as keywords (e.g. ``cache="window", cache_options={"window": 128}``).
+    constructor as keywords (e.g. ``cache="window", cache_options={"window": 128}``). ``cache``
+    ``auto`` picks ``recurrent`` for a mixer that decodes from a state and ``full`` otherwise.
     """
 
     attention: str = "softmax"
     ffn: str = "mlp"
-    cache: str = "full"
+    cache: str = "auto"
     cache_options: dict[str, Any] = field(default_factory=dict)
     attention_options: dict[str, Any] = field(default_factory=dict)
     ffn_options: dict[str, Any] = field(default_factory=dict)

@@ -128,6 +128,8 @@ def make_cache(cfg: ModelConfig, n_layers: int) -> KVCache:
         entry = get("attention", s.attention)
         if not entry.caps.kv_cache:
             raise ValueError(f"layer {i}: attention {s.attention!r} does not support a KV cache")
+        if s.cache == "auto":
+            s = specs[i] = s.replace(cache="recurrent" if entry.caps.state_cache else "full")
         if entry.caps.state_cache != (s.cache == "recurrent"):
             raise ValueError(f"layer {i}: attention {s.attention!r} needs cache policy "
                              f"{'recurrent' if entry.caps.state_cache else 'full, window or sink-window'}, "
@@ -198,7 +200,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         raise TypeError(f"build_model expects a ModelConfig, got {type(cfg).__name__}")
     for i in range(cfg.n_layers):
         spec = cfg.layer_spec(i)
-        get("cache", spec.cache).obj(**dict(spec.cache_options))  # bad policies/options fail here
+        if spec.cache != "auto":  # bad policies/options fail here, not at decoding
+            get("cache", spec.cache).obj(**dict(spec.cache_options))
     if cfg.arch == "encoder-decoder":
         return EncoderDecoder(cfg)
     return TransformerLM(cfg)
