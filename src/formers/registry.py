@@ -35,6 +35,7 @@ class Capabilities:
     causal: usable with a causal mask (decoders).  bidirectional: usable without one.
     kv_cache: supports incremental decoding with a cache.  cross: usable as cross-attention.
     state_cache: decodes from a fixed-size recurrent state (cache policy ``recurrent``), not keys.
+    score_bias: accepts an additive score bias (ALiBi); False for mixers without a score matrix.
     mixes_tokens: False for a mixer that leaves tokens unmixed (the ``none`` mixer of FFN-only layers).
     needs_attn_matrix: must materialise the attention matrix (no fused kernel).
     compile_safe / export_safe: works under ``torch.compile(fullgraph=True)`` / ONNX export.
@@ -46,6 +47,7 @@ class Capabilities:
     mixes_tokens: bool = True
     kv_cache: bool = False
     state_cache: bool = False
+    score_bias: bool = True
     cross: bool = False
     varlen: bool = False
     needs_attn_matrix: bool = False

@@ -21,7 +21,8 @@ class Block(nn.Module):
         causal: whether this block runs causally (checked against the mixer's capabilities).
         cross: add a cross-attention sublayer over ``ctx.memory`` (encoder-decoder decoders).
     Raises:
-        ValueError: the mixer cannot run causally / bidirectionally as asked, or unknown parts.
+        ValueError: the mixer cannot run causally / bidirectionally as asked, ALiBi with a mixer
+            that takes no score bias, or unknown parts.
     """
 
     def __init__(self, cfg: ModelConfig, spec: LayerSpec, causal: bool, cross: bool = False) -> None:
@@ -31,6 +32,9 @@ class Block(nn.Module):
             raise ValueError(f"attention {spec.attention!r} cannot run causally (decoder layers)")
         if not causal and not caps.bidirectional:
             raise ValueError(f"attention {spec.attention!r} is causal-only; it cannot be an encoder layer")
+        if cfg.position == "alibi" and not caps.score_bias:
+            raise ValueError(f"attention {spec.attention!r} has no score matrix to add ALiBi's bias to; "
+                             f"use position 'rope', 'learned', 'sinusoidal' or 'none'")
         self.prenorm = cfg.prenorm
 
         def norm() -> nn.Module:
