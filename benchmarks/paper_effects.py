@@ -123,6 +123,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiments", nargs="+", choices=sorted(EXPERIMENTS) + ["all"])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--models", default=None,
+                    help="comma-separated subset of the experiment's models (the first stays the baseline)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and 2 steps: checks the code runs")
@@ -148,7 +150,13 @@ def main() -> None:
         tcfg = TrainConfig(**train)
         work = Path(a.work) / name
         t0 = time.perf_counter()
-        res = compare(exp["task"], exp["models"], a.seeds, tcfg, work, options)
+        models = exp["models"]
+        if a.models:
+            unknown = sorted(set(a.models.split(",")) - set(models))
+            if unknown:
+                raise SystemExit(f"--models: {unknown} not in experiment {name!r}: {models}")
+            models = [m for m in models if m in a.models.split(",")]
+        res = compare(exp["task"], models, a.seeds, tcfg, work, options)
         if name == "matformer":
             res["matformer"] = _matformer_extra(exp, work, a.seeds, tcfg, options)
             _matformer_plot(res["matformer"], work / "compare.png")
@@ -156,7 +164,7 @@ def main() -> None:
                    device_name=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                    commit=a.commit or git_commit(), smoke=a.smoke)
         res.pop("runs", None)  # per-run folders stay in --work; the rows hold the summary
-        suffix = "-smoke" if a.smoke else ""
+        suffix = ("-smoke" if a.smoke else "") + (f"-{'-'.join(models)}" if a.models else "")
         write_json(Path(a.out) / f"effect-{name}{suffix}.json", res)
         shutil.copyfile(work / "compare.png", Path(a.out) / f"effect-{name}{suffix}.png")
         print(json.dumps({"experiment": name, "wall_s": round(res["wall_s"], 1), "rows": res["rows"]}))
