@@ -5,19 +5,29 @@ memory-efficient / math kernels) whenever the call does not need the attention m
 explicit reference path otherwise (``backend="reference"`` or ``return_weights=True``). Both
 paths take the same masks and biases and agree to float rounding (tested in the conformance
 suite). ``CALLS`` counts which path ran, so tests can assert the fast path is taken.
+
+Sparse patterns (a ``pattern`` over absolute positions) take a third path on CUDA: FlexAttention
+(``torch.nn.attention.flex_attention``, compiled) with a ``BlockMask`` built from the pattern, so
+blocks that the pattern empties are skipped; elsewhere they become a dense boolean mask for SDPA.
+:func:`choose_path` says which path a call takes (testable without a GPU); ``backend="flex"``
+forces it (on CPU it runs flex's unfused eager form: slow, for tests).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "sdpa", "reference")
+BACKENDS = ("auto", "sdpa", "flex", "reference")
 CALLS: Counter[str] = Counter()
+# ``auto`` takes the flex path only for this many queries or more: below it a dense (q_len, k_len)
+# mask is small, and decoding steps would otherwise build a new block mask for every offset.
+FLEX_MIN_Q = 128
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> torch.Tensor:
@@ -29,6 +39,106 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> t
     i = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
     j = torch.arange(k_len, device=device)[None, :]
     return j <= i
+
+
+# --------------------------------------------------------------------------- FlexAttention path
+_FLEX: dict[str, object] = {}
+_BLOCK_MASKS: OrderedDict = OrderedDict()   # (pattern, causal, tq, tk, q0, k0, device) -> BlockMask
+_BLOCK_MASK_CACHE_SIZE = 64
+
+
+def flex_available() -> bool:
+    """True when ``torch.nn.attention.flex_attention`` imports in this torch."""
+    if "ok" not in _FLEX:
+        try:
+            from torch.nn.attention import flex_attention as fa
+
+            _FLEX.update(ok=True, create_block_mask=fa.create_block_mask, eager=fa.flex_attention)
+        except Exception:  # pragma: no cover - old torch
+            _FLEX["ok"] = False
+    return bool(_FLEX["ok"])
+
+
+def choose_path(*, backend: str = "auto", return_weights: bool = False, pattern: object = None,
+                bias: torch.Tensor | None = None, dropout_p: float = 0.0, q_len: int = 1,
+                device_type: str = "cpu", flex: bool | None = None) -> str:
+    """Which path :func:`attend` takes: ``"reference"``, ``"flex"`` or ``"sdpa"``.
+
+    ``auto`` takes flex only for a ``pattern`` on CUDA with flex available (``flex``; None asks
+    :func:`flex_available`), no dropout (flex has none), no bias that needs a gradient (a bias
+    without one becomes a ``score_mod``) and at least ``FLEX_MIN_Q`` queries; else SDPA with a
+    dense boolean mask. A key mask is supported on the flex path (its block mask is then built
+    per call, uncached). ``backend="flex"`` forces flex and raises where it cannot run.
+    """
+    if backend == "reference" or return_weights:
+        return "reference"
+    flex = flex_available() if flex is None else flex
+    if backend == "flex":
+        why = ("torch.nn.attention.flex_attention is not available" if not flex else
+               "dropout" if dropout_p > 0 else
+               "a bias that needs a gradient" if bias is not None and bias.requires_grad else None)
+        if why:
+            raise ValueError(f"attend: backend='flex' cannot run with {why}; use 'auto' or 'sdpa'")
+        return "flex"
+    if (backend == "auto" and pattern is not None and flex and device_type == "cuda"
+            and dropout_p == 0 and (bias is None or not bias.requires_grad) and q_len >= FLEX_MIN_Q):
+        return "flex"
+    return "sdpa"
+
+
+def _flex_attend(q, k, v, *, causal, bias, key_mask, pattern, q_pos, k_pos, scale):
+    """flex_attention with a BlockMask of ``pattern`` (and causal / key mask); q, k, v (B, H, T, D).
+
+    mask_mod(b, h, i, j) maps query/key indices to absolute positions (``q0 + i`` when the
+    positions are contiguous, else a lookup in q_pos / k_pos) and evaluates the pattern there.
+    Block masks are cached per (pattern, causal, lengths, first positions, device) when the
+    positions are contiguous and no key mask is given (patterns should be hashable objects)."""
+    flex_available()
+    bsz, h, tq, _ = q.shape
+    tk, shift = k.shape[-2], k.shape[-2] - q.shape[-2]
+    if pattern is None:
+        q_pos, k_pos = torch.arange(tq, device=q.device) + shift, torch.arange(tk, device=q.device)
+        pattern = _all
+    q0, q1, k0, k1 = torch.stack([q_pos[0], q_pos[-1], k_pos[0], k_pos[-1]]).tolist()
+    contiguous = q1 - q0 == tq - 1 and k1 - k0 == tk - 1  # positions increase strictly
+
+    def mask_mod(b, hh, i, j):
+        ok = pattern(i + q0, j + k0) if contiguous else pattern(q_pos[i], k_pos[j])
+        if causal:
+            ok = ok & (j <= i + shift)
+        if key_mask is not None:
+            ok = ok & key_mask[b, j]
+        return ok
+
+    key = (pattern, causal, tq, tk, q0, k0, str(q.device)) if contiguous and key_mask is None else None
+    block_mask = _BLOCK_MASKS.get(key) if key is not None else None
+    if block_mask is None:
+        make = _FLEX["create_block_mask"]
+        kw = {"_compile": True} if q.is_cuda and "_compile" in inspect.signature(make).parameters else {}
+        block_mask = make(mask_mod, None if key_mask is None else bsz, None, tq, tk, device=q.device, **kw)
+        if key is not None:
+            _BLOCK_MASKS[key] = block_mask
+            while len(_BLOCK_MASKS) > _BLOCK_MASK_CACHE_SIZE:
+                _BLOCK_MASKS.popitem(last=False)
+    else:
+        _BLOCK_MASKS.move_to_end(key)
+    score_mod = None
+    if bias is not None:
+        full_bias = bias.to(q.dtype).expand(bsz, h, tq, tk)
+
+        def score_mod(score, b, hh, i, j):
+            return score + full_bias[b, hh, i, j]
+    if q.is_cuda:
+        if "compiled" not in _FLEX:
+            _FLEX["compiled"] = torch.compile(_FLEX["eager"], dynamic=False)
+        fn = _FLEX["compiled"]
+    else:  # flex's unfused eager form (materialises the scores): for tests on CPU
+        fn = _FLEX["eager"]
+    return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+
+
+def _all(qp: torch.Tensor, kp: torch.Tensor) -> torch.Tensor:
+    return qp >= kp - kp  # True, with the broadcast shape / tensor type of the arguments
 
 
 def attend(
@@ -61,7 +171,8 @@ def attend(
             evicts keys keeps the pattern right.
         q_pos, k_pos: (q_len,), (k_len,) int64 absolute positions; needed with ``pattern``.
         scale: defaults to 1/sqrt(head_dim).
-        backend: ``auto`` (SDPA unless weights are requested), ``sdpa`` or ``reference``.
+        backend: ``auto`` (SDPA unless weights are requested; FlexAttention for a pattern on CUDA,
+            see :func:`choose_path`), ``sdpa`` (dense masks), ``flex`` or ``reference``.
         return_weights: also return the (batch, n_heads, q_len, k_len) probabilities (reference).
     Returns:
         (out, weights): out is (batch, n_heads, q_len, head_dim); weights is None unless asked.
@@ -84,13 +195,22 @@ def attend(
     h, hkv = q.shape[1], k.shape[1]
     if h % hkv:
         raise ValueError(f"attend: n_kv_heads = {hkv} must divide n_heads = {h}")
-    if backend == "sdpa" and return_weights:
-        raise ValueError("attend: backend='sdpa' cannot return attention weights; use 'reference'")
+    if backend in ("sdpa", "flex") and return_weights:
+        raise ValueError(f"attend: backend={backend!r} cannot return attention weights; use 'reference'")
     if hkv != h:
         k = k.repeat_interleave(h // hkv, dim=1)
         v = v.repeat_interleave(h // hkv, dim=1)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     tq, tk = q.shape[-2], k.shape[-2]
+
+    path = choose_path(backend=backend, return_weights=return_weights, pattern=pattern, bias=bias,
+                       dropout_p=dropout_p, q_len=tq, device_type=q.device.type)
+    if path == "flex":
+        if not torch.compiler.is_compiling():
+            CALLS["flex"] += 1
+        out = _flex_attend(q, k, v, causal=causal and tq > 1, bias=bias, key_mask=key_mask,
+                           pattern=pattern, q_pos=q_pos, k_pos=k_pos, scale=scale)
+        return out, None
 
     # One boolean "may attend" mask (or None), shared by both paths.
     allowed = None
@@ -103,8 +223,7 @@ def attend(
         km = key_mask[:, None, None, :].to(torch.bool)
         allowed = km if allowed is None else (allowed & km)
 
-    use_ref = backend == "reference" or return_weights
-    if not use_ref:
+    if path == "sdpa":
         if not torch.compiler.is_compiling():
             CALLS["sdpa"] += 1
         if bias is None and causal and pattern is None and key_mask is None and tq == tk and tq > 1:
