@@ -18,6 +18,23 @@ PRESETS = [e.name for e in registry.entries("model")]
 
 
 def _model(name: str, arch: str = "decoder"):
+    """The preset in a small model; a preset with causal-only mixers (e.g. streaming attention) must
+    refuse to build an encoder (the calling test then ends here, having checked the refusal)."""
+    if arch != "decoder":
+        cfg = preset_config(name, arch)
+        n_enc = cfg.n_encoder_layers or cfg.n_layers
+        if not all(registry.get("attention", cfg.layer_spec(i).attention).caps.bidirectional
+                   for i in range(n_enc)):
+            with pytest.raises(ValueError, match="causal-only"):
+                build(cfg)
+            pytest.skip(f"{name} has causal-only layers; refuses arch {arch!r} (checked)")
+    if arch != "encoder":  # and a preset with non-causal mixers (Linformer ...) refuses decoders
+        cfg = preset_config(name, arch)
+        if not all(registry.get("attention", cfg.layer_spec(i).attention).caps.causal
+                   for i in range(cfg.n_layers)):
+            with pytest.raises(ValueError, match="cannot run causally"):
+                build(cfg)
+            pytest.skip(f"{name} has non-causal layers; refuses arch {arch!r} (checked)")
     return build(preset_config(name, arch))
 
 
