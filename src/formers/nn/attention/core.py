@@ -130,7 +130,7 @@ def _flex_attend(q, k, v, *, causal, bias, key_mask, pattern, q_pos, k_pos, scal
             return score + full_bias[b, hh, i, j]
     if q.is_cuda:
         if "compiled" not in _FLEX:
-            _FLEX["compiled"] = torch.compile(_FLEX["eager"], dynamic=False)
+            _FLEX["compiled"] = torch.compile(_FLEX["eager"])  # dynamic after a shape change
         fn = _FLEX["compiled"]
     else:  # flex's unfused eager form (materialises the scores): for tests on CPU
         fn = _FLEX["eager"]
