@@ -4,6 +4,7 @@ from formers.nn.attention import softmax  # noqa: F401  (registers)
 from formers.nn.attention import kv  # noqa: F401  (registers)
 from formers.nn.attention import identity  # noqa: F401  (registers)
 from formers.nn.attention import memory  # noqa: F401  (registers)
+from formers.nn.attention import linformer, nystrom, reformer, synthesizer  # noqa: F401  (registers)
 from formers.nn.attention import sparse  # noqa: F401  (registers)
 from formers.nn.attention import streaming  # noqa: F401  (registers)
 from formers.nn.attention.core import attend
