@@ -6,6 +6,9 @@ from formers.nn.attention import identity  # noqa: F401  (registers)
 from formers.nn.attention import memory  # noqa: F401  (registers)
 from formers.nn.attention import linformer, nystrom, reformer, synthesizer  # noqa: F401  (registers)
 from formers.nn.attention import sparse  # noqa: F401  (registers)
+from formers.nn.attention import linear  # noqa: F401  (registers)
+from formers.nn.attention import performer  # noqa: F401  (registers)
+from formers.nn.attention import flow  # noqa: F401  (registers)
 from formers.nn.attention import streaming  # noqa: F401  (registers)
 from formers.nn.attention.core import attend
 
