@@ -22,7 +22,14 @@ Decoding then runs those layers as streaming attention (:func:`prefill`, :func:`
 
 **LightTransfer-Train**: a fixed lazy set (the layers most often lazy over calibration prompts,
 :func:`count_lazy`) trained with streaming masks: :func:`formers.nn.attention.streaming.with_streaming_layers`
-gives the config; load the trained weights (same names and shapes) and fine-tune it.
+gives the config; load the trained weights (same names and shapes) and fine-tune it. ``formers
+train`` has no start-from-weights option, so use the Trainer API (as benchmarks/lighttransfer.py
+does)::
+
+    cfg = convert_config(model.cfg, lazy, sinks, window)
+    tr = Trainer(task, cfg, train_cfg, out_dir)
+    tr.model.load_state_dict(model.state_dict())   # in place: the optimizer keeps its parameters
+    tr.fit()
 
 Conventions and deviations:
 - The paper's Table 1 listing omits the softmax scale and the causal mask; both are applied here
