@@ -1,4 +1,4 @@
-"""The ``formers`` command line: list, info, train, eval, generate, compare.
+"""The ``formers`` command line: list, info, train, eval, generate, compare, bench.
 
 Built with tyro from typed functions and the config dataclasses. Every training flag of
 :class:`~formers.train.config.TrainConfig` is a flag (``--max-steps``, ``--seed``, ``--device``,
@@ -315,6 +315,66 @@ def compare_cmd(
     c.print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
 
 
+def bench_cmd(
+    what: tyro.conf.Positional[typing.Literal["attention"]],
+    device: str = "auto",
+    lengths: tuple[int, ...] = (),
+    min_len: int = 256,
+    max_len: int = 0,
+    mixers: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    causal: bool = False,
+    batch: int = 1,
+    n_heads: int = 8,
+    head_dim: int = 64,
+    dtype: str = "auto",
+    warmup: int = 2,
+    repeats: int = 5,
+    time_limit: float = 60.0,
+    threads: int = 0,
+    opt: tuple[str, ...] = (),
+    out: Path = Path("benchmarks/results"),
+    quiet: bool = False,
+) -> None:
+    """Benchmarks. ``attention``: time and peak memory vs sequence length of every registered
+    token mixer beside softmax SDPA, fwd and fwd+bwd; writes attention_scaling-DEVICE[-causal]
+    .json/.md/.png in --out (see formers.bench.attention for what is measured and how).
+
+    Args:
+        lengths: explicit lengths (default: powers of 2 from --min-len to --max-len; max 8192 on
+            CPU, 32768 on CUDA).
+        mixers / exclude: registry names to run / to leave out (default: every mixer that can run).
+        causal: decoder (causal) mode instead of bidirectional.
+        dtype: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.
+        time_limit: seconds per case; a longer first call is a timeout and larger lengths of that
+            mixer are skipped.
+        opt: mixer options, e.g. --opt linformer.k=128.
+    """
+    import yaml
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from formers.bench.attention import AttentionBenchConfig, sweep, table_markdown, write_results
+
+    _load_all()
+    options: dict[str, dict[str, Any]] = {}
+    for it in opt:  # mixer names keep their dashes (not _pairs, which turns keys into identifiers)
+        key, eq, value = it.partition("=")
+        mixer, dot, name = key.strip().partition(".")
+        if not (eq and dot and mixer and name):
+            raise ValueError(f"--opt: expected mixer.option=value, got {it!r}")
+        options.setdefault(mixer, {})[name.replace("-", "_")] = yaml.safe_load(value)
+    cfg = AttentionBenchConfig(device=device, lengths=lengths, min_len=min_len, max_len=max_len,
+                               mixers=mixers, exclude=exclude, causal=causal, batch=batch,
+                               n_heads=n_heads, head_dim=head_dim, dtype=dtype, warmup=warmup,
+                               repeats=repeats, time_limit_s=time_limit, threads=threads, options=options)
+    result = sweep(cfg, progress=None if quiet else Console(stderr=True).print)
+    paths = write_results(result, out)
+    if not quiet:
+        Console().print(Markdown(table_markdown(result)))
+    print(f"written: {paths['json']}, {paths['md']}, {paths['png']}")
+
+
 COMMANDS = {
     "list": list_cmd,
     "info": info_cmd,
@@ -322,6 +382,7 @@ COMMANDS = {
     "eval": eval_cmd,
     "generate": generate_cmd,
     "compare": compare_cmd,
+    "bench": bench_cmd,
 }
 
 
