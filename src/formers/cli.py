@@ -26,6 +26,7 @@ def _load_all() -> None:
     import formers.nn  # noqa: F401
     import formers.synthetic  # noqa: F401
     import formers.text  # noqa: F401
+    import formers.timeseries  # noqa: F401
 
 
 def _flags_class() -> type:
@@ -158,7 +159,6 @@ def train_cmd(
         set: model config overrides, e.g. --set d_model=256 n_layers=6.
         opt: task options, e.g. --opt seq_len=256.
     """
-    from formers.nn.config import ModelConfig
     from formers.train.task import make_task
     from formers.train.trainer import Trainer
 
@@ -170,7 +170,7 @@ def train_cmd(
     mcfg = t.model_config(model)
     overrides = {**cfg_file.get("model", {}), **_pairs(set, "--set")}
     if overrides:
-        mcfg = ModelConfig.from_dict({**mcfg.to_dict(), **overrides})
+        mcfg = type(mcfg).from_dict({**mcfg.to_dict(), **overrides})
     tcfg = _train_config(t, flags, cfg_file.get("train", {}))
     out = out or Path("runs") / f"{task}-{model}-seed{tcfg.seed}"
     summary = Trainer(t, mcfg, tcfg, out, resume=resume).fit()
@@ -180,7 +180,6 @@ def train_cmd(
 
 def _run_task(run: Path):
     """The task and model of a run folder (written by the trainer)."""
-    from formers.nn.io import load_model
     from formers.train.checkpoint import find_checkpoint, verify_checkpoint
     from formers.train.task import check_same_task, make_task
 
@@ -199,7 +198,7 @@ def _run_task(run: Path):
     if ckpt is None:
         raise FileNotFoundError(f"{run} holds no checkpoint (ckpt/): the run has not saved yet")
     verify_checkpoint(ckpt)
-    return task, load_model(ckpt), cfg
+    return task, task.load_model(ckpt), cfg
 
 
 def eval_cmd(run: tyro.conf.Positional[Path], device: str = "cpu", batches: Optional[int] = None,

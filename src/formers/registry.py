@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-KINDS = ("attention", "ffn", "norm", "position", "residual", "cache", "model", "task")
+KINDS = ("attention", "ffn", "norm", "position", "residual", "cache", "model", "task", "forecaster")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from formers.atomic import atomic_write, write_json, write_text
-from formers.nn.config import ModelConfig
 from formers.train.config import TrainConfig
 from formers.train.task import make_task
 from formers.train.trainer import Trainer
@@ -50,7 +49,7 @@ def _train_run(task_module: str, task_name: str, seed: int, options: dict[str, A
 
     importlib.import_module(task_module)  # registers the task
     task = make_task(task_name, seed, options)
-    return Trainer(task, ModelConfig.from_dict(model_cfg), TrainConfig.from_dict(train), Path(run),
+    return Trainer(task, task.config_from_dict(model_cfg), TrainConfig.from_dict(train), Path(run),
                    resume=Path(run).exists()).fit()
 
 
@@ -76,7 +75,7 @@ def compare(task_name: str, models: list[str], seeds: int, train: TrainConfig, o
     for m in models:  # build every config first: a bad name fails before any training
         cfg = tasks[seed_list[0]].model_config(m)
         if model_overrides:
-            cfg = ModelConfig.from_dict({**cfg.to_dict(), **model_overrides})
+            cfg = type(cfg).from_dict({**cfg.to_dict(), **model_overrides})
         configs[m] = cfg
     metric = tasks[seed_list[0]].metric
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
@@ -102,10 +101,15 @@ def compare(task_name: str, models: list[str], seeds: int, train: TrainConfig, o
             "peak_mem_mb": statistics.mean(r.get("peak_mem_mb", math.nan) for r in runs[m]),
             "p_vs_first": None if m == models[0] else welch_p(vals, base),
         })
+        for extra in getattr(tasks[seed_list[0]], "report_metrics", ()):  # e.g. test_mae beside test_mse
+            xs = [r[extra] for r in runs[m] if r.get(extra) is not None]
+            if xs:
+                rows[-1][extra] = statistics.mean(xs)
+                rows[-1][f"{extra}_std"] = statistics.stdev(xs) if len(xs) > 1 else 0.0
     first = tasks[seed_list[0]]
     result = {"task": task_name, "metric": metric, "lower_is_better": first.lower_is_better,
               "seeds": seeds, "seed_list": seed_list, "train": train.to_dict(), "task_info": first.describe(),
-              "rows": rows, "runs": runs}
+              "report_metrics": list(getattr(first, "report_metrics", ())), "rows": rows, "runs": runs}
     write_json(out / "compare.json", result)
     write_text(out / "compare.md", table_markdown(result))
     plot_curves(out, models, seed_list, metric)
@@ -116,12 +120,16 @@ def table_markdown(result: dict[str, Any]) -> str:
     metric, seeds = result["metric"], result["seeds"]
     what = f"mean ± std, {seeds} seeds" if seeds > 1 else "1 seed"
     head = f"| model | params | {metric} ({what}) | tokens/s | peak MB | p vs {result['rows'][0]['model']} |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+    extras = [k for k in result.get("report_metrics", []) if all(k in r for r in result["rows"])]
+    head += "".join(f" {k} |" for k in extras)
+    lines = [head, "|---|---:|---:|---:|---:|---:|" + "---:|" * len(extras)]
     for r in result["rows"]:
         p = "-" if r["p_vs_first"] is None else f"{r['p_vs_first']:.3g}"
         value = f"{r[metric]:.4f}" + (f" ± {r[metric + '_std']:.4f}" if seeds > 1 else "")
+        more = "".join(f" {r[k]:.4f}" + (f" ± {r[k + '_std']:.4f}" if seeds > 1 else "") + " |"
+                       for k in extras)
         lines.append(f"| {r['model']} | {r['params']:,} | {value} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['peak_mem_mb']:,.0f} | {p} |")
+                     f"{r['tokens_per_s']:,.0f} | {r['peak_mem_mb']:,.0f} | {p} |{more}")
     return "\n".join(lines) + "\n"
 
 

@@ -318,6 +318,16 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     cfg = getattr(model, "cfg", None)
     if isinstance(cfg, ModelConfig):
         check_model_config(folder, cfg)
+    elif callable(getattr(cfg, "to_dict", None)):  # a task's own model family (e.g. forecasters)
+        path = folder / "config.json"
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"checkpoint {folder} has no readable config.json: {e}") from None
+        now = json.loads(json.dumps(cfg.to_dict()))
+        if saved != now:
+            raise ValueError(f"checkpoint {folder} was saved for a different model config: "
+                             + "; ".join(_config_diff(saved, now)))
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise ValueError(f"checkpoint file {weights} is missing")

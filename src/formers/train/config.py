@@ -21,6 +21,11 @@ class TrainConfig(Config):
     validation cadence and size. checkpoint_every: steps between checkpoints (0 = only at the end).
     device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``. dtype: ``auto`` (bf16
     autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``. compile: ``torch.compile`` the model.
+    sam_rho: sharpness-aware minimisation radius (:class:`formers.train.optim.SAM`, Foret et al.
+    arXiv 2010.01412) around AdamW; 0 = off (plain AdamW, one forward/backward per micro-batch).
+    early_stopping: patience in evaluations (0 = off): stop when the task's selection metric
+    (``Task.select_metric``, default ``Task.metric``) has not improved for this many evaluations,
+    and report the final metrics at the best evaluation's weights (kept in ``RUN/best/``).
     """
 
     max_steps: int = 1000
@@ -42,6 +47,8 @@ class TrainConfig(Config):
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
     quiet: bool = False
+    sam_rho: float = 0.0
+    early_stopping: int = 0
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
@@ -51,7 +58,8 @@ class TrainConfig(Config):
         check_choice(o, "dtype", self.dtype, ("auto", "fp32", "bf16"))
         if self.seed < 0:
             raise ValueError(f"{o}.seed must be >= 0, got {self.seed}")
-        for name in ("warmup_steps", "checkpoint_every", "weight_decay", "grad_clip"):
+        for name in ("warmup_steps", "checkpoint_every", "weight_decay", "grad_clip", "sam_rho",
+                     "early_stopping"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{o}.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -76,3 +76,109 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = [g for g in groups if g["params"]]
     kwargs = {"fused": True} if _fused_ok(params) else {}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kwargs)
+
+
+class SAM:
+    """Sharpness-aware minimisation around any torch optimizer.
+
+    Paper: Foret, Kleiner, Mobahi, Neyshabur, "Sharpness-Aware Minimization for Efficiently
+    Improving Generalization", arXiv 2010.01412, §2 eq. (2) and Algorithm 1. One SAM step at
+    weights w with gradient g = ∇L(w):
+
+        ε = ρ · g / ‖g‖₂          (‖·‖₂ the global L2 norm over every parameter with a gradient)
+        g' = ∇L(w + ε)            (second forward/backward at the perturbed weights)
+        w ← base_step(w, g')      (the wrapped optimizer's update, taken at w, not at w + ε)
+
+    The weights are restored by copying the saved values back (not by subtracting ε), so
+    ``rho = 0`` reproduces the base optimizer bit for bit. Non-adaptive SAM (not ASAM).
+
+    Use either ``step(closure)`` (closure: zero-free forward + backward returning the loss; it is
+    called twice) or, for gradient accumulation, the parts: first pass backward → ``perturb()`` →
+    ``zero_grad()`` → second pass backward → ``restore()`` → ``base.step()``.
+
+    ``param_groups``, ``state``, ``state_dict``, ``load_state_dict`` and ``zero_grad`` are the base
+    optimizer's, so learning-rate schedules and checkpoints see the base optimizer.
+
+    Args:
+        base: a ``torch.optim.Optimizer`` built over the model's parameters.
+        rho: neighbourhood radius ρ >= 0 (SAMformer uses 0.7 on ETTh1; Foret et al. 0.05).
+    Raises:
+        TypeError: ``base`` is not a torch optimizer.  ValueError: ``rho`` negative or not finite.
+        RuntimeError: ``perturb`` twice without ``restore``, or ``restore`` without ``perturb``.
+    """
+
+    def __init__(self, base: torch.optim.Optimizer, rho: float = 0.05) -> None:
+        import math
+
+        if not isinstance(base, torch.optim.Optimizer):
+            raise TypeError(f"SAM: base must be a torch.optim.Optimizer, got {type(base).__name__}")
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
+            raise ValueError(f"SAM: rho must be a finite number >= 0, got {rho!r}")
+        self.base = base
+        self.rho = float(rho)
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.base.param_groups
+
+    @property
+    def state(self):
+        return self.base.state
+
+    def state_dict(self) -> dict:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.base.param_groups for p in g["params"] if p.grad is not None]
+
+    @torch.no_grad()
+    def perturb(self) -> torch.Tensor:
+        """Move every parameter with a gradient to w + ρ g/‖g‖₂ (global norm); return ‖g‖₂."""
+        if self._saved is not None:
+            raise RuntimeError("SAM.perturb called twice without restore()")
+        params = self._params()
+        if not params:
+            self._saved = []
+            return torch.zeros(())
+        dt = torch.float64 if any(p.grad.dtype == torch.float64 for p in params) else torch.float32
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().to(dt).norm() for p in params]))
+        self._saved = [(p, p.detach().clone()) for p in params]
+        if self.rho > 0:
+            scale = self.rho / (norm + 1e-12)
+            for p in params:
+                p.add_(p.grad * scale.to(p.grad.dtype))
+        return norm
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Copy the weights saved by :meth:`perturb` back (gradients are left untouched)."""
+        if self._saved is None:
+            raise RuntimeError("SAM.restore called without perturb()")
+        for p, old in self._saved:
+            p.copy_(old)
+        self._saved = None
+
+    def step(self, closure):
+        """One SAM step. ``closure()`` must run forward and backward and return the loss; the
+        gradients are zeroed here before each of its two calls. Returns the first (unperturbed) loss."""
+        if closure is None:
+            raise ValueError("SAM.step needs a closure (forward + backward), it evaluates the loss twice")
+        self.zero_grad()
+        with torch.enable_grad():
+            loss = closure()
+        self.perturb()
+        self.zero_grad()
+        try:
+            with torch.enable_grad():
+                closure()
+        finally:
+            self.restore()
+        self.base.step()
+        return loss

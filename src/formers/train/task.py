@@ -24,26 +24,51 @@ class Task(ABC):
     """Base class of registered tasks.
 
     Class attributes:
-        metric: the name of the main validation metric in ``evaluate``'s result (e.g. ``val_bpb``).
-        lower_is_better: direction of ``metric``.
+        metric: the name of the main metric in ``evaluate``'s result (e.g. ``val_bpb``); the
+            number ``formers compare`` tabulates.
+        lower_is_better: direction of ``metric`` (and of ``select_metric``).
+        select_metric: the metric that picks the best evaluation (early stopping, ``best``);
+            None = ``metric``. A task that reports a held-out test number as ``metric`` selects
+            on validation here (e.g. forecasting: ``metric = test_mse``, ``select_metric = val_mse``).
+        report_metrics: further metrics ``formers compare`` tabulates beside ``metric`` (mean ± std).
         default_models: the variants ``formers compare TASK`` runs when none are named.
     """
 
     metric: ClassVar[str] = "val_loss"
     lower_is_better: ClassVar[bool] = True
+    select_metric: ClassVar[str | None] = None
+    report_metrics: ClassVar[tuple[str, ...]] = ()
     default_models: ClassVar[tuple[str, ...]] = ("baseline",)
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
     @abstractmethod
-    def model_config(self, variant: str = "baseline") -> ModelConfig:
-        """The config of model ``variant`` (a registered ``model`` preset) at this task's size."""
+    def model_config(self, variant: str = "baseline") -> Any:
+        """The config of model ``variant`` at this task's size: a :class:`ModelConfig` (a registered
+        ``model`` preset) by default; a task with its own model family returns its own config
+        dataclass (with ``to_dict``/``from_dict``) and overrides :meth:`build_model`,
+        :meth:`config_from_dict` and :meth:`load_model`."""
 
-    def build_model(self, cfg: ModelConfig) -> nn.Module:
+    def build_model(self, cfg: Any) -> nn.Module:
+        """The module of config ``cfg``; it must keep ``cfg`` as ``.cfg`` (checkpoints save it)."""
         from formers.nn.models import build_model
 
         return build_model(cfg)
+
+    def config_from_dict(self, data: dict[str, Any]) -> Any:
+        """Rebuild a model config from its ``to_dict()`` (compare's worker processes, checkpoints)."""
+        return ModelConfig.from_dict(data)
+
+    def load_model(self, folder: Any) -> nn.Module:
+        """A saved model folder (``config.json`` + ``model.safetensors``) of this task's family."""
+        from formers.nn.io import load_model
+
+        return load_model(folder)
+
+    def selection_metric(self) -> str:
+        """``select_metric`` or, when None, ``metric``."""
+        return self.select_metric or self.metric
 
     def default_train(self) -> TrainConfig:
         """The task's default budget (overridden field by field from the CLI)."""

@@ -3,9 +3,13 @@
 Per optimiser step ``s`` (0-based): the learning rate is :func:`~formers.train.schedule.lr_at`;
 ``grad_accum`` global micro-batches ``task.train_batch(s, micro, batch_size)`` are drawn (under DDP
 each rank keeps rows ``rank::world_size``), ``task.loss / grad_accum`` is back-propagated, the
-global gradient norm is clipped, and AdamW steps. Validation (``task.evaluate``, rank 0 only) runs
+global gradient norm is clipped, and AdamW steps. With ``sam_rho`` > 0 the step is sharpness-aware
+(:class:`~formers.train.optim.SAM`): the same micro-batches are run a second time at the
+perturbed weights w + ρ g/‖g‖ and AdamW steps from w with those gradients. Validation (``task.evaluate``, rank 0 only) runs
 every ``eval_every`` steps and at the end; checkpoints every ``checkpoint_every`` steps and at the
-end.
+end. With ``early_stopping`` = N > 0, training stops once the task's selection metric has not
+improved for N evaluations, and the final metrics are measured at the best evaluation's weights
+(saved in ``best/`` whenever the selection metric improves).
 
 The run folder ``out_dir`` receives::
 
@@ -46,7 +50,7 @@ from formers.nn.ffn.moe import aux_loss
 from formers.train import distributed as D
 from formers.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from formers.train.config import TrainConfig
-from formers.train.optim import build_optimizer
+from formers.train.optim import SAM, build_optimizer
 from formers.train.schedule import lr_at, set_lr
 from formers.train.task import Task, check_same_task, task_record
 
@@ -213,8 +217,9 @@ class Trainer:
                  out_dir: str | os.PathLike, resume: bool = False) -> None:
         if not isinstance(task, Task):
             raise TypeError(f"Trainer: task must be a formers Task, got {type(task).__name__}")
-        if not isinstance(model_cfg, ModelConfig):
-            raise TypeError(f"Trainer: model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
+        if not (isinstance(model_cfg, ModelConfig) or callable(getattr(model_cfg, "to_dict", None))):
+            raise TypeError(f"Trainer: model_cfg must be a ModelConfig or a config with to_dict() "
+                            f"(a task's own model family), got {type(model_cfg).__name__}")
         if not isinstance(train_cfg, TrainConfig):
             raise TypeError(f"Trainer: train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
         self.task, self.model_cfg, self.cfg = task, model_cfg, train_cfg
@@ -257,9 +262,12 @@ class Trainer:
         self.model = self.task.build_model(self.model_cfg).to(device)
         self.model.train()
         self.optimizer = build_optimizer(self.model, cfg)
+        self.sam = SAM(self.optimizer, cfg.sam_rho) if cfg.sam_rho > 0 else None
         self.start_step = 0
         self.best: dict | None = None
         self.tokens_seen = 0
+        self.bad_evals = 0            # evaluations since the selection metric last improved
+        self.stopped: int | None = None  # the step early stopping ended the run at
         if self.resume:
             if ckpt is None:
                 print(f"formers: no checkpoint in {self.out_dir}: starting a fresh run", file=sys.stderr)
@@ -268,6 +276,8 @@ class Trainer:
                 self.start_step = state["step"]
                 self.best = state.get("best")
                 self.tokens_seen = int(state.get("extra", {}).get("tokens", 0))
+                self.bad_evals = int(state.get("extra", {}).get("bad_evals", 0))
+                self.stopped = state.get("extra", {}).get("stopped")
                 self._check_resume(state)
                 self._say(f"resuming from {ckpt} at step {self.start_step}")
 
@@ -341,8 +351,10 @@ class Trainer:
             if self.start_step else []
         write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
-    def _evaluate(self, step: int) -> dict[str, float] | None:
-        """Validation metrics on rank 0 (None elsewhere); the training RNG state is untouched."""
+    def _evaluate(self, step: int, track: bool = True) -> dict[str, float] | None:
+        """Validation metrics on rank 0 (None elsewhere); the training RNG state is untouched.
+        ``track``: update the best evaluation (and, with early stopping, ``best/`` and the count
+        of evaluations without improvement)."""
         metrics = None
         if self.dist.is_main:
             raw = D.unwrap(self.model)
@@ -357,13 +369,38 @@ class Trainer:
                 raise ValueError(f"{type(self.task).__name__}.evaluate must return a dict holding "
                                  f"{self.task.metric!r}, got {out!r}")
             metrics = {k: float(v) for k, v in out.items()}
-            m = metrics[self.task.metric]
+            sel = self.task.selection_metric()
+            if sel not in metrics:
+                raise ValueError(f"{type(self.task).__name__}.evaluate must return its select_metric "
+                                 f"{sel!r}, got {sorted(metrics)}")
+            m = metrics[sel]
             better = self.best is None or (m < self.best["value"] if self.task.lower_is_better
                                            else m > self.best["value"])
-            if better:
-                self.best = {"name": self.task.metric, "value": m, "step": step}
+            if track and better:
+                self.best = {"name": sel, "value": m, "step": step}
+                self.bad_evals = 0
+                if self.cfg.early_stopping:
+                    from formers.nn.io import save_model
+
+                    save_model(D.unwrap(self.model), self.out_dir / "best")
+            elif track:
+                self.bad_evals += 1
+        if track and self.dist.enabled:  # every rank must agree on stopping
+            t = torch.tensor([float(self.bad_evals)], device=self.device)
+            torch.distributed.broadcast(t, 0)
+            self.bad_evals = int(t.item())
         D.barrier(self.dist)
         return metrics
+
+    def _load_best(self) -> bool:
+        """Load the weights saved at the best evaluation (``best/``) into the model, if any."""
+        path = self.out_dir / "best" / "model.safetensors"
+        if not path.is_file():
+            return False
+        from safetensors.torch import load_model as st_load
+
+        st_load(D.unwrap(self.model), str(path), strict=True, device=str(self.device))
+        return True
 
     def _checkpoint(self, step: int) -> None:
         if self.dist.is_main:
@@ -373,7 +410,8 @@ class Trainer:
                 schedule={"kind": "warmup_cosine", "lr": self.cfg.lr, "warmup_steps": self.cfg.warmup_steps,
                           "max_steps": self.cfg.max_steps, "min_lr_ratio": self.cfg.min_lr_ratio,
                           "next_lr": lr_at(step, self.cfg)},
-                extra={"tokens": self.tokens_seen, "world_size": self.dist.world_size},
+                extra={"tokens": self.tokens_seen, "world_size": self.dist.world_size,
+                       "bad_evals": self.bad_evals, "stopped": self.stopped},
             )
         D.barrier(self.dist)
 
@@ -383,19 +421,22 @@ class Trainer:
         set_lr(self.optimizer, lr_at(step, cfg))
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
+        batches = []
         for micro in range(cfg.grad_accum):
             batch = self.task.train_batch(step, micro, cfg.batch_size)
             tokens += int(self.task.tokens_per_batch(batch))
             batch = {k: v.to(self.device, non_blocking=True) for k, v in D.shard(batch, info).items()}
-            sync = nullcontext()
-            if info.enabled and micro < cfg.grad_accum - 1:
-                sync = self.ddp.no_sync()
-            with sync:
-                with self._autocast():
-                    # the model's auxiliary losses (MoE load balancing) join every task's loss
-                    loss = self.task.loss(self.train_model, batch) + aux_loss(self.model)
-                (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach().float()
+            if self.sam is not None:
+                batches.append(batch)
+            loss_sum += self._forward_backward(micro, batch)
+        if self.sam is not None:  # SAM: the same micro-batches again at w + rho g/|g|, then back to w
+            self.sam.perturb()
+            self.optimizer.zero_grad(set_to_none=True)
+            try:
+                for micro, batch in enumerate(batches):
+                    self._forward_backward(micro, batch)
+            finally:
+                self.sam.restore()
         if cfg.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         else:
@@ -405,6 +446,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         train_loss = D.all_reduce_mean(loss_sum / cfg.grad_accum, info)
         return float(train_loss.item()), float(gnorm.item()), tokens
+
+    def _forward_backward(self, micro: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Forward + backward of one micro-batch (loss / grad_accum); returns the detached loss."""
+        cfg = self.cfg
+        sync = nullcontext()
+        if self.dist.enabled and micro < cfg.grad_accum - 1:
+            sync = self.ddp.no_sync()
+        with sync:
+            with self._autocast():
+                # the model's auxiliary losses (MoE load balancing) join every task's loss
+                loss = self.task.loss(self.train_model, batch) + aux_loss(self.model)
+            (loss / cfg.grad_accum).backward()
+        return loss.detach().float()
 
     # ------------------------------------------------------------------------------------------
 
@@ -447,6 +501,8 @@ class Trainer:
         with progress:
             bar = progress.add_task("train", total=cfg.max_steps, completed=self.start_step, info="")
             for step in range(self.start_step, cfg.max_steps):
+                if self.stopped is not None:
+                    break
                 ts = time.perf_counter()
                 last_loss, gnorm, tokens = self._train_step(step)
                 if not math.isfinite(last_loss):
@@ -467,14 +523,28 @@ class Trainer:
                     last_eval = self._evaluate(done)
                     if last_eval is not None:
                         rec.update(last_eval)
+                stop = bool(cfg.early_stopping) and self.bad_evals >= cfg.early_stopping
+                if stop:
+                    self.stopped = done
+                    rec["early_stop"] = True
                 if info.is_main:
                     append_jsonl(metrics_path, rec)
-                if done == cfg.max_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                if done == cfg.max_steps or stop or (cfg.checkpoint_every
+                                                     and done % cfg.checkpoint_every == 0):
                     self._checkpoint(done)
                 progress.update(bar, completed=done, info=(
                     f"loss {last_loss:.4f}  {session_tokens / max(train_time, 1e-9):,.0f} tok/s"))
 
-        if self.start_step >= cfg.max_steps:  # nothing left to train: report from the last records
+        if cfg.early_stopping:  # report at the best evaluation's weights
+            D.barrier(info)
+            if self._load_best() or last_eval is None:
+                last_eval = self._evaluate(self.stopped or cfg.max_steps, track=False)
+                self._say(f"early stopping: weights of step {self.best and self.best['step']} "
+                          f"(best {self.task.selection_metric()})")
+            if not step_times:
+                recs = read_metrics(metrics_path) if info.is_main else []
+                last_loss = next((r["train_loss"] for r in reversed(recs) if "train_loss" in r), last_loss)
+        elif self.start_step >= cfg.max_steps:  # nothing left to train: report from the last records
             last_eval = self._evaluate(self.start_step)
             recs = read_metrics(metrics_path) if info.is_main else []
             last_loss = next((r["train_loss"] for r in reversed(recs) if "train_loss" in r), last_loss)
@@ -485,7 +555,8 @@ class Trainer:
             "metric": self.task.metric,
             **(last_eval or {}),
             "train_loss": last_loss,
-            "steps": cfg.max_steps,
+            "steps": self.stopped or cfg.max_steps,
+            "stopped_early_at": self.stopped,
             "params": count_params(D.unwrap(self.model)),
             "tokens": self.tokens_seen,
             "tokens_per_s": session_tokens / train_time if train_time > 0 else None,

@@ -1,0 +1,113 @@
+"""The forecaster interface: every forecasting model of ``formers.timeseries`` and how it is built.
+
+A forecaster is an ``nn.Module`` registered under registry kind ``forecaster``:
+
+* built as ``Cls(cfg)`` from a dataclass config that subclasses :class:`ForecasterConfig` (fields
+  ``model`` = its registry name, ``look_back``, ``horizon``, ``n_channels``, plus its own, all with
+  defaults) and kept as ``self.cfg`` (checkpoints save ``cfg.to_dict()`` as ``config.json``);
+* ``forward(x: (batch, look_back, n_channels)) -> (batch, horizon, n_channels)``, on the scale of
+  its input (a model that normalises, e.g. with RevIN, denormalises its output);
+* optionally ``aux_loss() -> scalar tensor`` for the last forward (e.g. Pathformer's load-balancing
+  loss); the forecast task adds it to the training loss.
+
+Adding a model is registering one class::
+
+    @dataclass
+    class MyConfig(ForecasterConfig):
+        model: str = "mine"
+        width: int = 64
+
+    @register("forecaster", "mine", config=MyConfig, paper=Paper(...))
+    class Mine(nn.Module):
+        \"\"\"... shapes ...\"\"\"
+        def __init__(self, cfg: MyConfig): ...
+
+``formers train forecast --model mine`` and ``formers compare forecast --models mine,...`` then work.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from formers.config import Config
+from formers.registry import get
+
+
+@dataclass
+class ForecasterConfig(Config):
+    """Shape of a forecaster: ``model`` (registry name), ``look_back`` L (input steps),
+    ``horizon`` H (output steps), ``n_channels`` C (variables).
+
+    Raises ValueError (naming the field) for a non-positive size or an empty model name."""
+
+    model: str = ""
+    look_back: int = 96
+    horizon: int = 96
+    n_channels: int = 7
+
+    def __post_init__(self) -> None:
+        o = type(self).__name__
+        if not self.model:
+            raise ValueError(f"{o}.model must name a registered forecaster")
+        for name in ("look_back", "horizon", "n_channels"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{o}.{name} must be an int > 0, got {v!r}")
+
+
+def forecaster_config(name: str, **fields: Any) -> ForecasterConfig:
+    """The config of registered forecaster ``name`` with ``fields`` set (unknown fields -> ValueError)."""
+    entry = get("forecaster", name)
+    if entry.config is None:
+        raise ValueError(f"forecaster {name!r} was registered without a config class")
+    return entry.config.from_dict({**fields, "model": name})
+
+
+def config_from_dict(data: dict[str, Any]) -> ForecasterConfig:
+    """Rebuild a forecaster config from ``cfg.to_dict()`` (its ``model`` field names the class)."""
+    if not isinstance(data, dict) or "model" not in data:
+        raise ValueError(f"a forecaster config dict needs a 'model' field, got {data!r:.200}")
+    return forecaster_config(data["model"], **{k: v for k, v in data.items() if k != "model"})
+
+
+def build_forecaster(cfg: ForecasterConfig) -> nn.Module:
+    """The module of ``cfg`` (its registered class called with ``cfg``)."""
+    if not isinstance(cfg, ForecasterConfig):
+        raise TypeError(f"build_forecaster: expected a ForecasterConfig, got {type(cfg).__name__}")
+    return get("forecaster", cfg.model).obj(cfg)
+
+
+def load_forecaster(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A forecaster saved by :func:`formers.nn.io.save_model` (config.json + model.safetensors).
+
+    Raises FileNotFoundError for missing files, ValueError for a bad config or mismatched weights."""
+    from safetensors.torch import load_model as st_load
+
+    folder = Path(folder)
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} not found")
+    try:
+        cfg = config_from_dict(json.loads((folder / "config.json").read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{folder / 'config.json'} is not a valid forecaster config: {e}") from None
+    model = build_forecaster(cfg)
+    try:
+        st_load(model, str(folder / "model.safetensors"), strict=True, device=str(device))
+    except Exception as e:
+        raise ValueError(f"cannot load {folder / 'model.safetensors'}: {e}") from None
+    return model.to(device)
+
+
+def check_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise ValueError unless x is (batch, cfg.look_back, cfg.n_channels)."""
+    c = model.cfg
+    if x.dim() != 3 or x.shape[1] != c.look_back or x.shape[2] != c.n_channels:
+        raise ValueError(f"{type(model).__name__}: expected x of shape (batch, {c.look_back}, "
+                         f"{c.n_channels}), got {tuple(x.shape)}")

@@ -1,0 +1,207 @@
+"""The ``forecast`` task: long-horizon multivariate forecasting under the literature's protocol.
+
+``formers train forecast --model samformer --opt dataset=ETTh1 --opt horizon=96`` and
+``formers compare forecast --models samformer,dlinear,patchtst --seeds 3``. Models are registered
+``forecaster`` entries (:mod:`formers.timeseries.forecaster`), not ``ModelConfig`` transformers:
+the task builds them from their own config class (``config_from_dict`` / ``build_model`` /
+``load_model``). One compare runs one horizon; for the four-horizon table run one compare per
+horizon (``--opt horizon=192 --out runs/compare-forecast-h192`` ...).
+
+Protocol (SAMformer, arXiv 2402.10198, §5 and its TF ``run.py``; splits and metrics as in
+:mod:`formers.timeseries.data` and :mod:`formers.timeseries.protocol`):
+
+* training windows are shuffled once per epoch (``numpy.random.default_rng([seed, epoch])``), batch
+  32, the last batch of an epoch smaller; MSE loss (``loss=mae`` gives Pathformer's L1 loss); a
+  forecaster's ``aux_loss()`` is added;
+* the default budget is 100 epochs with evaluation and a checkpoint every epoch, early stopping
+  with patience 5 on validation MSE (the best epoch's weights are reported), Adam-style AdamW
+  (lr 1e-3, betas 0.9/0.999, constant lr, no clipping), weight decay 1e-5, SAM with ρ = 0.7
+  (``--sam-rho 0`` for plain Adam), fp32;
+* evaluation: MSE and MAE on the normalised scale over every validation and test window
+  (``val_mse``, ``val_mae``, ``test_mse``, ``test_mae``, with ``look_back``, ``horizon`` and
+  ``test_windows``); ``drop_last=true`` adds ``test_mse_drop_last`` / ``test_mae_drop_last``
+  scored as the Pathformer code does (the last incomplete test batch dropped).
+
+``metric`` (what compare tabulates) is ``test_mse``; the best evaluation and early stopping use
+``select_metric`` = ``val_mse``; test numbers never select anything.
+
+Deviations: the reference trains with Keras/torch Adam whose weight decay 1e-5 is an L2 term on
+every weight; here it is AdamW's decoupled decay on matrices only (1-D parameters undecayed), a
+negligible difference at 1e-5. The evaluation ignores ``eval_batches`` (all windows are always
+scored). The epoch length is fixed by the default batch size: changing ``--batch-size`` keeps
+``eval_every`` at the default epoch's steps. Features ``MS`` (many inputs, one output) is not
+offered; ``S`` forecasts the target alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from formers.registry import register
+from formers.timeseries import data as D
+from formers.timeseries.forecaster import (ForecasterConfig, build_forecaster, config_from_dict,
+                                           forecaster_config, load_forecaster)
+from formers.timeseries.protocol import Windows, evaluate_model, evaluate_windows, persistence
+from formers.timeseries.samformer import PAPER
+from formers.train.config import TrainConfig
+from formers.train.task import Task
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+@register("task", "forecast", paper=PAPER,
+          summary="long-horizon forecasting (ETTh1 default, any CSV); test_mse/test_mae, early stop on val_mse")
+class ForecastTask(Task):
+    """Multivariate forecasting of a CSV series with the literature's splits and metrics.
+
+    Options:
+        dataset: a known data set (``ETTh1``, ``ETTh2``, ``ETTm1``, ``ETTm2``), found as described
+            in :mod:`formers.timeseries.data` (default ``ETTh1``).
+        data: a CSV file (any file with an optional date column and numeric columns) or a folder
+            to look for ``dataset`` in (``--data``); a list of one path is accepted.
+        target: the target column (default: the data set's, ``OT`` for ETT, else the last column).
+        features: ``M`` (all columns) or ``S`` (the target only).
+        look_back: L input steps (default 512, SAMformer's). horizon: H steps (default 96).
+        split: ``auto`` (ETT rule for ETTh*/ETTm* files, else 70/10/20), ``ett_hour``,
+            ``ett_minute`` or ``ratio``.
+        drop_last: also score the test set as Pathformer's code does (last batch dropped).
+        loss: ``mse`` (default) or ``mae``.
+
+    Raises:
+        ValueError: a bad option, bad data (missing values, non-numeric columns, unknown target,
+            too few rows for look_back + horizon) before any training.
+        FileNotFoundError: the data file cannot be found or downloaded.
+    """
+
+    metric = "test_mse"
+    select_metric = "val_mse"
+    report_metrics = ("test_mae", "val_mse")
+    lower_is_better = True
+    default_models = ("samformer", "dlinear", "patchtst")
+
+    def __init__(self, seed: int = 0, dataset: str = "ETTh1", data: str | list[str] | None = None,
+                 target: str | None = None, features: str = "M", look_back: int = 512,
+                 horizon: int = 96, split: str = "auto", drop_last: bool = False,
+                 loss: str = "mse") -> None:
+        super().__init__(seed)
+        if isinstance(data, (list, tuple)):
+            if len(data) != 1:
+                raise ValueError(f"forecast task: data takes one CSV file or folder, got {list(data)}")
+            data = data[0]
+        if split not in ("auto",) + D.SPLITS:
+            raise ValueError(f"forecast task: split must be one of {['auto', *D.SPLITS]}, got {split!r}")
+        if loss not in ("mse", "mae"):
+            raise ValueError(f"forecast task: loss must be 'mse' or 'mae', got {loss!r}")
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"forecast task: drop_last must be true or false, got {drop_last!r}")
+        path = D.find_dataset(dataset, data)
+        spec = D.DATASETS.get(path.stem)
+        if split == "auto":
+            split = spec.split if spec is not None else "ratio"
+        if target is None:
+            target = spec.target if spec is not None else None
+        self.options = {"dataset": dataset, "data": None if data is None else str(data), "target": target,
+                        "features": features, "look_back": look_back, "horizon": horizon,
+                        "split": split, "drop_last": drop_last, "loss": loss}
+        self.data = D.prepare(path, look_back=look_back, horizon=horizon, target=target,
+                              features=features, split=split)
+        self.look_back, self.horizon = look_back, horizon
+        self.n_channels = len(self.data.columns)
+        self.licence = spec.licence if spec is not None else None
+        self.windows = {k: Windows(getattr(self.data, k), look_back, horizon)
+                        for k in ("train", "val", "test")}
+        self._perm_epoch, self._perm = None, None
+
+    # -------------------------------------------------------------------------------- models
+    def model_config(self, variant: str = "samformer") -> ForecasterConfig:
+        return forecaster_config(variant, look_back=self.look_back, horizon=self.horizon,
+                                 n_channels=self.n_channels)
+
+    def build_model(self, cfg: ForecasterConfig) -> nn.Module:
+        if cfg.look_back != self.look_back or cfg.horizon != self.horizon or cfg.n_channels != self.n_channels:
+            raise ValueError(f"forecast task: the model config has look_back {cfg.look_back}, horizon "
+                             f"{cfg.horizon}, n_channels {cfg.n_channels}; the data has {self.look_back}, "
+                             f"{self.horizon}, {self.n_channels}")
+        return build_forecaster(cfg)
+
+    def config_from_dict(self, data: dict[str, Any]) -> ForecasterConfig:
+        return config_from_dict(data)
+
+    def load_model(self, folder: Any) -> nn.Module:
+        return load_forecaster(folder)
+
+    # -------------------------------------------------------------------------------- budget
+    def steps_per_epoch(self, batch_size: int = 32) -> int:
+        return math.ceil(len(self.windows["train"]) / batch_size)
+
+    def default_train(self) -> TrainConfig:
+        spe = self.steps_per_epoch(32)
+        return TrainConfig(max_steps=100 * spe, batch_size=32, lr=1e-3, min_lr_ratio=1.0,
+                           warmup_steps=0, weight_decay=1e-5, beta1=0.9, beta2=0.999, grad_clip=0.0,
+                           eval_every=spe, eval_batches=1, checkpoint_every=spe, dtype="fp32",
+                           sam_rho=0.7, early_stopping=5)
+
+    # -------------------------------------------------------------------------------- data
+    def train_batch(self, step: int, micro: int, batch_size: int) -> dict[str, torch.Tensor]:
+        """Epoch ``step // steps_per_epoch`` of a shuffled pass over the training windows:
+        ``default_rng([seed, epoch, micro]).permutation`` cut into batches (the last one smaller).
+        With ``grad_accum`` > 1 each micro-batch index walks its own permutation, so the batch
+        depends only on (seed, step, micro)."""
+        n = len(self.windows["train"])
+        epoch, i = divmod(step, math.ceil(n / batch_size))
+        if (epoch, micro) != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, micro]).permutation(n)
+            self._perm_epoch = (epoch, micro)
+        x, y = self.windows["train"].batch(self._perm[i * batch_size:(i + 1) * batch_size])
+        return {"x": x, "y": y}
+
+    def tokens_per_batch(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["x"].shape[0])  # windows
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pred = model(batch["x"]).float()
+        y = batch["y"].float()
+        out = F.mse_loss(pred, y) if self.options["loss"] == "mse" else F.l1_loss(pred, y)
+        aux = getattr(_bare(model), "aux_loss", None)
+        if callable(aux):
+            out = out + aux()
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, n_batches: int, batch_size: int,
+                 device: torch.device) -> dict[str, float]:
+        val = evaluate_model(model, self.windows["val"], batch_size, device)
+        test = evaluate_model(model, self.windows["test"], batch_size, device)
+        out = {"val_mse": val["mse"], "val_mae": val["mae"], "test_mse": test["mse"],
+               "test_mae": test["mae"], "test_windows": test["windows"], "val_windows": val["windows"],
+               "look_back": float(self.look_back), "horizon": float(self.horizon)}
+        if self.options["drop_last"]:
+            d = evaluate_model(model, self.windows["test"], batch_size, device, drop_last=True)
+            out.update({"test_mse_drop_last": d["mse"], "test_mae_drop_last": d["mae"],
+                        "test_windows_drop_last": d["windows"]})
+        return out
+
+    def persistence_metrics(self) -> dict[str, float]:
+        """Test MSE/MAE of repeating the last observed value (a floor any model must beat)."""
+        w = self.windows["test"]
+        return evaluate_windows(lambda x: persistence(x, self.horizon), w, 1024)
+
+    def describe(self) -> dict[str, Any]:
+        info = {k: v for k, v in self.data.info.items() if k != "file"}
+        return {"task": "forecast", "options": self.options, "data": info, "licence": self.licence,
+                "look_back": self.look_back, "horizon": self.horizon, "n_channels": self.n_channels,
+                "windows": {k: len(w) for k, w in self.windows.items()}}
