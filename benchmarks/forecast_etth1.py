@@ -75,6 +75,29 @@ def plot_forecasts(task, model, path: Path, title: str, n: int = 3) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
+def _write_merged(out: Path, result: dict) -> dict:
+    """Write ``result``, keeping the arms of an existing results file of the same look-back and
+    horizon that this call does not run (so arms can run in separate or parallel calls)."""
+    import json
+
+    if out.is_file():
+        try:
+            old = json.loads(out.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("look_back") == result["look_back"] and old.get("horizon") == result["horizon"]:
+            merged = {k: v for k, v in old.get("arms", {}).items() if k not in result["arms"]}
+            result["arms"] = {**merged, **result["arms"]}
+            result.setdefault("commands", [])
+            for c in old.get("commands", [old.get("command")]):
+                if c and c not in result["commands"]:
+                    result["commands"].append(c)
+            if result["command"] not in result["commands"]:
+                result["commands"].append(result["command"])
+    write_json(out, result)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--horizon", type=int, default=96)
@@ -145,7 +168,8 @@ def main() -> None:
                 "test_mse_mean": statistics.mean(mse), "test_mse_std": statistics.stdev(mse) if len(mse) > 1 else 0.0,
                 "test_mae_mean": statistics.mean(mae), "test_mae_std": statistics.stdev(mae) if len(mae) > 1 else 0.0,
             }
-            write_json(out, result)
+            _write_merged(out, result)
+    result = _write_merged(out, result)
     a = result["arms"]
     if "samformer-sam" in a and "samformer-nosam" in a:
         sam, nosam = a["samformer-sam"]["test_mse_mean"], a["samformer-nosam"]["test_mse_mean"]

@@ -126,3 +126,17 @@ def test_short_samformer_run_on_etth1_beats_persistence(tmp_path):
     assert s["test_windows"] == 2880 - 24 + 1
     assert s["test_mse"] < 0.7 * naive["mse"], (s["test_mse"], naive["mse"])
     assert s["test_mae"] < naive["mae"]
+
+
+def test_runs_saved_before_sam_and_early_stopping_existed_still_resume(tmp_path):
+    task = _task(tmp_path)
+    cfg = _cfg(max_steps=2)
+    Trainer(task, task.model_config("dlinear"), cfg, tmp_path / "run").fit()
+    state_path = tmp_path / "run" / "ckpt" / "state.json"
+    state = json.loads(state_path.read_text())
+    for k in ("sam_rho", "early_stopping"):  # as an older formers wrote it
+        del state["train_config"][k]
+    state_path.write_text(json.dumps(state))
+    s = Trainer(task, task.model_config("dlinear"), cfg.replace(max_steps=3), tmp_path / "run",
+                resume=True).fit()
+    assert s["steps"] == 3 and s["resumed_from_step"] == 2

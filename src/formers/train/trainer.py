@@ -291,7 +291,8 @@ class Trainer:
 
     def _check_resume(self, state: dict) -> None:
         """Refuse to resume with other data or other training settings than the checkpoint's."""
-        old = dict(state.get("train_config") or {})
+        # a field added to TrainConfig after the run was saved takes its default there
+        old = {**TrainConfig().to_dict(), **dict(state.get("train_config") or {})}
         now = self.cfg.to_dict()
         changed = sorted(k for k in set(old) | set(now)
                          if k not in self.RESUMABLE_CHANGES and old.get(k) != now.get(k))
