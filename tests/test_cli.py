@@ -147,3 +147,24 @@ def test_more_bad_input_one_line_each(tmp_path, text_dir, capsys):
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err
     assert "different task or data" in err and "corpus" in err
+
+
+def test_repeated_multi_value_flags_are_joined():
+    from formers.cli import merge_repeated
+
+    assert merge_repeated(["train", "lm", "--opt", "a=1", "--set", "x=1", "--opt", "b=2", "c=3",
+                           "--max-steps", "5", "--set=y=2"]) == \
+        ["train", "lm", "--opt", "a=1", "b=2", "c=3", "--set", "x=1", "y=2", "--max-steps", "5"]
+    assert merge_repeated(["eval", "--opt", "a=-1"]) == ["eval", "--opt", "a=-1"]
+
+
+def test_repeated_opt_keeps_every_option(tmp_path):
+    """--opt given twice must not silently drop the first (tyro keeps only the last)."""
+    out = tmp_path / "run"
+    assert main(["train", "lm", "--opt", "seq_len=16", "d_model=16", "--opt", "n_layers=1", "n_heads=2",
+                 "--max-steps", "1", "--batch-size", "2", "--eval-every", "1", "--eval-batches", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    import yaml
+
+    model = yaml.safe_load((out / "config.yaml").read_text())["model"]
+    assert (model["max_seq_len"], model["d_model"], model["n_layers"], model["n_heads"]) == (16, 16, 1, 2)
