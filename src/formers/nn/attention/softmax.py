@@ -74,6 +74,11 @@ class SoftmaxAttention(nn.Module):
         self.v = nn.Linear(d, self.n_kv_heads * hd, bias=cfg.bias) if own_values else None
         self.o = nn.Linear(self.n_heads * hd, d, bias=cfg.bias)
 
+    def attention_pattern(self, ctx: Context, k_len: int):
+        """The self-attention sparsity pattern over absolute positions (see :func:`attend`), or
+        None for dense attention. Pattern mixers (sparse, streaming) override this hook only."""
+        return None
+
     def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
         b, s, _ = t.shape
         return t.view(b, s, n, self.head_dim).transpose(1, 2)
@@ -82,6 +87,7 @@ class SoftmaxAttention(nn.Module):
         b, t, _ = x.shape
         q = self._heads(self.q(x), self.n_heads)
         bias, key_mask, causal = None, ctx.key_mask, ctx.causal
+        pattern = pos = k_pos = None
         if self.cross:
             if ctx.memory is None:
                 raise ValueError("cross-attention needs ctx.memory (the encoder output)")
@@ -100,9 +106,10 @@ class SoftmaxAttention(nn.Module):
             if ctx.position is not None:
                 q, k = ctx.position.rotate(q, pos), ctx.position.rotate(k, pos)
             k, v, k_pos, bias = self_attention_keys(k, v, pos, ctx, cache)
+            pattern = self.attention_pattern(ctx, k.shape[-2])
         capture = ctx.capture is not None
         out, w = attend(
-            q, k, v, causal=causal, bias=bias, key_mask=key_mask,
+            q, k, v, causal=causal, bias=bias, key_mask=key_mask, pattern=pattern, q_pos=pos, k_pos=k_pos,
             dropout_p=self.dropout if self.training else 0.0,
             backend="reference" if capture else self.backend, return_weights=capture,
         )

@@ -45,8 +45,7 @@ from typing import Any
 
 import torch
 
-from formers.nn.attention.core import attend
-from formers.nn.attention.softmax import SoftmaxAttention, self_attention_keys
+from formers.nn.attention.softmax import SoftmaxAttention
 from formers.nn.config import LayerSpec, ModelConfig
 from formers.nn.context import Context
 from formers.registry import Capabilities, Paper, register
@@ -124,29 +123,10 @@ class StreamingAttention(SoftmaxAttention):
     def extra_repr(self) -> str:
         return f"sinks={self.sinks}, window={self.window}"
 
-    def forward(self, x: torch.Tensor, ctx: Context, cache=None) -> torch.Tensor:
+    def attention_pattern(self, ctx: Context, k_len: int):
         if not ctx.causal:
             raise ValueError("streaming attention is causal only (decoder layers)")
-        b, t, _ = x.shape
-        q = self._heads(self.q(x), self.n_heads)
-        k = self._heads(self.k(x), self.n_kv_heads)
-        v = self._heads(self.v(x), self.n_kv_heads) if self.v is not None else None
-        pos = ctx.positions
-        if ctx.position is not None:
-            q, k = ctx.position.rotate(q, pos), ctx.position.rotate(k, pos)
-        k, v, k_pos, bias = self_attention_keys(k, v, pos, ctx, cache)
-        capture = ctx.capture is not None
-        out, w = attend(
-            q, k, v, causal=True, bias=bias, key_mask=ctx.key_mask, pattern=self.pattern,
-            q_pos=pos, k_pos=k_pos, dropout_p=self.dropout if self.training else 0.0,
-            backend="reference" if capture else self.backend, return_weights=capture,
-        )
-        if capture:
-            ctx.record("attn.q", q)
-            ctx.record("attn.k", k)
-            ctx.record("attn.v", v)
-            ctx.record("attn.weights", w)
-        return self.o(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        return self.pattern
 
 
 def streaming_spec(base: LayerSpec, sinks: int = DEFAULT_SINKS, window: int = DEFAULT_WINDOW) -> LayerSpec:
