@@ -53,10 +53,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from formers.nn.attention.linear import (
-    causal_scan, check_backend, check_chunk_size, padding_mask, with_attention,
+    FeatureAttention, causal_scan, padding_mask, with_attention,
 )
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
@@ -219,7 +218,7 @@ def flow_causal(qf: torch.Tensor, kf: torch.Tensor, v: torch.Tensor, keep: torch
     summary="Flowformer flow-conservation attention (sigmoid features, competition/allocation), "
             "O(1) decoding",
 )
-class FlowAttention(nn.Module):
+class FlowAttention(FeatureAttention):
     """Flow-Attention (arXiv 2202.06258 §3), bidirectional and causal.
 
     Shapes: x (batch, seq_len, d_model) -> (batch, seq_len, d_model); per head Qt, Kt, V (batch,
@@ -237,29 +236,11 @@ class FlowAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig, cross: bool = False, backend: str = "auto",
                  own_values: bool = True, chunk_size: int = 64, eps: float = 1e-6) -> None:
-        super().__init__()
-        if cross:
-            raise ValueError("flowformer: cross-attention is not offered (use 'softmax')")
-        if not own_values:
-            raise ValueError("flowformer: needs its own value projection (own_values=True); "
-                             "value-residual sharing is not supported")
-        self.backend = check_backend("flowformer", backend)
-        self.chunk_size = check_chunk_size("flowformer", chunk_size)
+        super().__init__(cfg, cross=cross, backend=backend, own_values=own_values, chunk_size=chunk_size)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0 \
                 or not math.isfinite(eps):
             raise ValueError(f"flowformer: eps must be a finite float > 0, got {eps!r}")
         self.eps = float(eps)
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        d, hd = cfg.d_model, cfg.head_dim
-        self.q = nn.Linear(d, self.n_heads * hd, bias=cfg.bias)
-        self.k = nn.Linear(d, self.n_kv_heads * hd, bias=cfg.bias)
-        self.v = nn.Linear(d, self.n_kv_heads * hd, bias=cfg.bias)
-        self.o = nn.Linear(self.n_heads * hd, d, bias=cfg.bias)
-
-    def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
-        b, s, _ = t.shape
-        t = t.view(b, s, n, self.head_dim).transpose(1, 2)
-        return t.repeat_interleave(self.n_heads // n, dim=1) if n != self.n_heads else t
 
     def forward(self, x: torch.Tensor, ctx: Context, cache=None) -> torch.Tensor:
         bsz, t, _ = x.shape
