@@ -252,3 +252,17 @@ def test_tiny_training_learns_recall(tmp_path):
                      eval_every=250, eval_batches=1, device="cpu", quiet=True)
     summary = Trainer(task, task.model_config("baseline"), tc, tmp_path / "run").fit()
     assert task.chance() == 0.25 and summary["val_acc"] >= 0.95, summary["val_acc"]
+
+
+@pytest.mark.parametrize("variant", ["block-sparse", "masformer"])
+@pytest.mark.parametrize("block", [32, 128])
+def test_block_cross_sets_the_sparse_block_to_the_task_block(variant, block):
+    """Presets are written for block 64; the task's block-sparse layers must use its own block,
+    else a block-sparse stack could see across task blocks (or be narrower than them)."""
+    import formers.nn  # noqa: F401
+
+    task = make_task("block-cross", 0, {"seq_len": 4 * block, "block": block, "val_size": 4})
+    cfg = task.model_config(variant)
+    sparse = [s for s in cfg.layers if s.attention == "block-sparse"]
+    assert sparse and all(s.attention_options["block"] == block for s in sparse)
+    assert all(s.cache_options.get("window", block) == block for s in sparse)

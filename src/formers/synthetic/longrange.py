@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from formers.nn.config import ModelConfig
+from formers.nn.config import LayerSpec, ModelConfig
 from formers.nn.presets import apply_preset
 from formers.registry import Paper, get, register
 from formers.train.config import TrainConfig
@@ -593,6 +593,22 @@ class BlockCrossTask(_LongRangeTask):
 
     def chance(self) -> float:
         return 1.0 / self.options["n_values"]
+
+    def model_config(self, variant: str = "baseline") -> ModelConfig:
+        """The variant's config with every ``block-sparse`` layer's block (and its ``window``
+        cache) set to the task's ``block``, so a block-sparse-only stack is blind to block 0 by
+        construction whatever block size the preset was written for (presets default to 64)."""
+        cfg = super().model_config(variant)
+        b = self.options["block"]
+
+        def fix(s: LayerSpec) -> LayerSpec:
+            if s.attention != "block-sparse":
+                return s
+            s = s.replace(attention_options={**s.attention_options, "block": b})
+            return s.replace(cache_options={**s.cache_options, "window": b}) if s.cache == "window" else s
+        if cfg.layers is None and cfg.attention == "block-sparse":
+            cfg = cfg.replace(layers=[LayerSpec(attention="block-sparse", ffn=cfg.ffn)])
+        return cfg.replace(layers=[fix(s) for s in cfg.layers]) if cfg.layers is not None else cfg
 
 
 __all__ = ["ListOpsTask", "RecallTask", "LongCopyTask", "BlockCrossTask", "listops_eval",
