@@ -392,3 +392,24 @@ def test_flex_block_masks_are_cached_per_pattern_and_offset():
     attend(q, q, q, causal=True, pattern=LocalPattern(2), q_pos=pos + 3, k_pos=pos + 3, backend="flex")
     attend(q, q, q, causal=True, pattern=LocalPattern(3), q_pos=pos, k_pos=pos, backend="flex")
     assert len(core._BLOCK_MASKS) == 3
+
+
+def test_local_and_block_presets_decode_with_a_window_cache():
+    from formers.nn.cache import WindowCache
+    from formers.nn.presets import apply_preset
+
+    base = ModelConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2, max_seq_len=256)
+    for name in ("local", "block-sparse"):
+        cache = build_model(apply_preset(name, base)).new_cache()
+        assert all(isinstance(c, WindowCache) and c.window == 64 for c in cache.layers)
+
+
+def test_streaming_preset_window_follows_the_context_length():
+    from formers.nn.presets import apply_preset
+
+    small = apply_preset("streaming", ModelConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2,
+                                                  max_seq_len=128))
+    assert {s.attention_options["window"] for s in small.layers} == {32}
+    big = apply_preset("streaming", ModelConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2,
+                                                max_seq_len=8192))
+    assert {s.attention_options["window"] for s in big.layers} == {1021}

@@ -446,9 +446,10 @@ def _every_layer(c: ModelConfig, attention: str, **options: Any) -> ModelConfig:
     return c.replace(layers=[LayerSpec(attention=attention, attention_options=dict(options))])
 
 
-@preset("local", LOCAL, "every layer sliding-window attention (window 64)")
+@preset("local", LOCAL, "every layer sliding-window attention (window 64), decoding with a window cache")
 def local_preset(c: ModelConfig) -> ModelConfig:
-    return _every_layer(c, "local")
+    return c.replace(layers=[LayerSpec(attention="local", attention_options={"window": 64},
+                                       cache="window", cache_options={"window": 64})])
 
 
 @preset("longformer", LONGFORMER, "every layer Longformer attention (window 64, 1 global position)")
@@ -471,9 +472,10 @@ def fixed_preset(c: ModelConfig) -> ModelConfig:
     return _every_layer(c, "sparse-fixed")
 
 
-@preset("block-sparse", MASFORMER, "every layer block-sparse attention (block 64)")
+@preset("block-sparse", MASFORMER, "every layer block-sparse attention (block 64), decoding with a window cache")
 def block_sparse_preset(c: ModelConfig) -> ModelConfig:
-    return _every_layer(c, "block-sparse")
+    return c.replace(layers=[LayerSpec(attention="block-sparse", attention_options={"block": 64},
+                                       cache="window", cache_options={"window": 64})])
 
 
 __all__ = [

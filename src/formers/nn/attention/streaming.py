@@ -169,10 +169,17 @@ def with_streaming_layers(cfg: ModelConfig, layers, sinks: int = DEFAULT_SINKS,
 from formers.nn.presets import preset  # noqa: E402
 
 
+def _window_for(c: ModelConfig) -> int:
+    """The paper's window (1021 keys) or max_seq_len / 4 if that is smaller."""
+    return max(1, min(DEFAULT_WINDOW, c.max_seq_len // 4))
+
+
 @preset("streaming", STREAMING_LLM,
-        "every layer streaming attention (4 sinks + 1021-key window, the paper's 4 + 1020 cached keys) with a sink-window cache")
+        "every layer streaming attention (4 sinks, window min(1021, max_seq_len/4)) with a sink-window cache")
 def streaming(c: ModelConfig) -> ModelConfig:
-    return with_streaming_layers(c, range(c.n_layers))
+    """The paper's 4 sinks + 1020 cached keys, with the window shrunk to max_seq_len / 4 at small
+    context lengths (as ``lighttransfer``) so that the layers really drop keys there."""
+    return with_streaming_layers(c, range(c.n_layers), DEFAULT_SINKS, _window_for(c))
 
 
 @preset("lighttransfer", LIGHTTRANSFER,
@@ -183,8 +190,7 @@ def lighttransfer(c: ModelConfig) -> ModelConfig:
     ratios (``formers.nn.lighttransfer.identify``); this preset fixes an alternating set so that the
     variant trains from scratch in ``formers compare``. The window shrinks to max_seq_len / 4 below
     the paper's 1021 so that the streaming layers drop keys at small context lengths."""
-    return with_streaming_layers(c, range(1, c.n_layers, 2), DEFAULT_SINKS,
-                                 max(1, min(DEFAULT_WINDOW, c.max_seq_len // 4)))
+    return with_streaming_layers(c, range(1, c.n_layers, 2), DEFAULT_SINKS, _window_for(c))
 
 
 __all__ = ["StreamingAttention", "check_sink_window", "sink_window_pattern", "streaming_spec",
