@@ -168,3 +168,11 @@ def test_repeated_opt_keeps_every_option(tmp_path):
 
     model = yaml.safe_load((out / "config.yaml").read_text())["model"]
     assert (model["max_seq_len"], model["d_model"], model["n_layers"], model["n_heads"]) == (16, 16, 1, 2)
+
+
+def test_set_depth_refused_for_a_preset_with_a_layer_pattern(tmp_path, capsys):
+    """--set n_layers after a preset built its per-layer pattern would tile it wrongly."""
+    assert main(["train", "lm", "--model", "masformer", "--set", "n_layers=8", "--max-steps", "1",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "built its per-layer pattern" in err and "--opt" in err

@@ -159,7 +159,7 @@ def train_cmd(
         set: model config overrides, e.g. --set d_model=256 n_layers=6.
         opt: task options, e.g. --opt seq_len=256.
     """
-    from formers.train.task import make_task
+    from formers.train.task import configure_model, make_task
     from formers.train.trainer import Trainer
 
     _load_all()
@@ -167,10 +167,7 @@ def train_cmd(
     seed = flags.seed if flags.seed is not None else cfg_file.get("train", {}).get("seed", 0)
     t = make_task(task, seed, _task_options(cfg_file, data, opt))
     model = model or t.default_models[0]
-    mcfg = t.model_config(model)
-    overrides = {**cfg_file.get("model", {}), **_pairs(set, "--set")}
-    if overrides:
-        mcfg = type(mcfg).from_dict({**mcfg.to_dict(), **overrides})
+    mcfg = configure_model(t, model, {**cfg_file.get("model", {}), **_pairs(set, "--set")})
     tcfg = _train_config(t, flags, cfg_file.get("train", {}))
     out = out or Path("runs") / f"{task}-{model}-seed{tcfg.seed}"
     summary = Trainer(t, mcfg, tcfg, out, resume=resume).fit()

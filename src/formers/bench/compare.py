@@ -16,7 +16,7 @@ from typing import Any
 
 from formers.atomic import atomic_write, write_json, write_text
 from formers.train.config import TrainConfig
-from formers.train.task import make_task
+from formers.train.task import configure_model, make_task
 from formers.train.trainer import Trainer
 
 
@@ -73,10 +73,7 @@ def compare(task_name: str, models: list[str], seeds: int, train: TrainConfig, o
     tasks = {s: make_task(task_name, s, task_options) for s in seed_list}
     configs = {}
     for m in models:  # build every config first: a bad name fails before any training
-        cfg = tasks[seed_list[0]].model_config(m)
-        if model_overrides:
-            cfg = type(cfg).from_dict({**cfg.to_dict(), **model_overrides})
-        configs[m] = cfg
+        configs[m] = configure_model(tasks[seed_list[0]], m, model_overrides)
     metric = tasks[seed_list[0]].metric
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
     for m in models:

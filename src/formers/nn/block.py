@@ -31,7 +31,9 @@ class Block(nn.Module):
         if causal and not caps.causal:
             raise ValueError(f"attention {spec.attention!r} cannot run causally (decoder layers)")
         if not causal and not caps.bidirectional:
-            raise ValueError(f"attention {spec.attention!r} is causal-only; it cannot be an encoder layer")
+            raise ValueError(f"attention {spec.attention!r} is causal-only; it cannot be an encoder layer "
+                             f"(use a decoder: ModelConfig arch='decoder', or --opt arch=decoder / "
+                             f"arch=auto for tasks that offer it)")
         if cfg.position == "alibi" and not caps.score_bias:
             raise ValueError(f"attention {spec.attention!r} has no score matrix to add ALiBi's bias to; "
                              f"use position 'rope', 'learned', 'sinusoidal' or 'none'")

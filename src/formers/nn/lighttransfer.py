@@ -45,8 +45,11 @@ Conventions and deviations:
 - The test-time code is not released (sail-sg/LightTrans holds only the training model with a
   hard-coded ``lazy_list`` and 129 sinks + a 1025-key window); w_last is not stated in the paper
   (default 16 here; the paper's ablation finds 8-64 robust).
-- Positions stay absolute after the cut (RoPE keys cached rotated at their true positions), so
-  decoding from the cut cache equals the masked full forward of the converted model.
+- Positions stay absolute after the cut (RoPE keys cached rotated at their true positions). The
+  prompt itself is prefilled with full attention in every layer, as in the paper, so decoding
+  from the cut cache equals decoding from the uncut cache with the lazy layers' old keys dropped,
+  not the converted model's masked full forward over prompt + continuation (that model's own
+  cached decoding, from an empty cache, does equal its masked full forward).
 """
 
 from __future__ import annotations

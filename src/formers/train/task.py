@@ -98,6 +98,26 @@ class Task(ABC):
         return int(first.numel())
 
 
+def configure_model(task: Task, variant: str, overrides: dict[str, Any] | None = None) -> Any:
+    """``task.model_config(variant)`` with ``overrides`` (``--set``) applied on top.
+
+    Raises ValueError when an override changes the depth or context length of a variant whose
+    per-layer pattern (``layers``) was built for the task's size (MASFormer, LightTransfer,
+    Brainformer ...): the pattern would be tiled or cut wrongly; set the size as a task option
+    (``--opt n_layers=N``) so that the variant is built for it.
+    """
+    cfg = task.model_config(variant)
+    if not overrides:
+        return cfg
+    resized = sorted(set(overrides) & {"n_layers", "max_seq_len"})
+    if resized and "layers" not in overrides and getattr(cfg, "layers", None) is not None:
+        raise ValueError(f"--set {', '.join(f'{k}={overrides[k]}' for k in resized)}: model {variant!r} "
+                         f"built its per-layer pattern for n_layers = {cfg.n_layers}, max_seq_len = "
+                         f"{cfg.max_seq_len}; set the size as a task option instead (e.g. --opt "
+                         f"n_layers=... / seq_len=...) so the pattern is built for it")
+    return type(cfg).from_dict({**cfg.to_dict(), **overrides})
+
+
 def task_record(task: Task) -> dict[str, Any]:
     """What a run records about its task (config.yaml's ``task:`` section), as plain JSON types:
     ``task.describe()`` at the top level, plus ``task`` (registry name), ``options``, ``class``,
