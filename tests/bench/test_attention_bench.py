@@ -108,3 +108,12 @@ def test_cli_tiny_cpu_sweep(tmp_path, capsys):
     assert "written:" in capsys.readouterr().out
     assert main(["bench", "attention", "--device", "cpu", "--opt", "nosuch.k=1", "--quiet",
                  "--out", str(tmp_path)]) == 2  # options for a mixer outside the sweep: refused
+
+
+def test_bad_mixer_options_fail_before_the_sweep(tmp_path, capsys):
+    from formers.cli import main
+
+    assert main(["bench", "attention", "--device", "cpu", "--lengths", "32", "--mixers", "linear",
+                 "--opt", "linear.foo=3", "--quiet", "--out", str(tmp_path)]) == 2
+    assert "foo" in capsys.readouterr().err
+    assert not (tmp_path / "attention_scaling-cpu.json").exists()

@@ -545,6 +545,7 @@ def sweep(cfg: AttentionBenchConfig, progress: Callable[[str], None] | None = No
     for n in cfg.options:
         if n not in mixers:
             raise ValueError(f"bench attention: options given for {n!r}, which is not in this sweep {mixers}")
+        build_mixer(n, lengths[0], cfg.n_heads, cfg.head_dim, cfg.options[n])  # bad options fail here
     if cfg.threads and not cuda:
         torch.set_num_threads(cfg.threads)
     cases = []
