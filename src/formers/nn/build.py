@@ -20,5 +20,6 @@ def build_part(kind: str, name: str, cfg: ModelConfig, options: dict[str, Any] |
     """
     entry = get(kind, name)
     options = dict(options or {})
-    check_options(f"{kind} {name!r}", entry.obj.__init__, options, reserved=("cfg", *extra))
+    backbone = ("cross", "own_values") if kind == "attention" else ()  # set by the backbone, not users
+    check_options(f"{kind} {name!r}", entry.obj.__init__, options, reserved=("cfg", *backbone, *extra))
     return entry.obj(cfg, **extra, **options)
