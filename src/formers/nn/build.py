@@ -20,6 +20,9 @@ def build_part(kind: str, name: str, cfg: ModelConfig, options: dict[str, Any] |
     """
     entry = get(kind, name)
     options = dict(options or {})
-    backbone = ("cross", "own_values") if kind == "attention" else ()  # set by the backbone, not users
-    check_options(f"{kind} {name!r}", entry.obj.__init__, options, reserved=("cfg", *backbone, *extra))
-    return entry.obj(cfg, **extra, **options)
+    # set by the backbone (SVFormer layers get own_values=False), not user options: kept out of the
+    # "allowed" list of the error message
+    backbone = {k: options.pop(k) for k in ("cross", "own_values") if kind == "attention" and k in options}
+    check_options(f"{kind} {name!r}", entry.obj.__init__, options,
+                  reserved=("cfg", *(("cross", "own_values") if kind == "attention" else ()), *extra))
+    return entry.obj(cfg, **extra, **backbone, **options)
