@@ -386,33 +386,26 @@ REPEATABLE = ("--data", "--set", "--opt", "--mixers", "--exclude")
 
 
 def merge_repeated(argv: list[str]) -> list[str]:
-    """Join repeated multi-value flags (``--opt a=1 --opt b=2``) into one (``--opt a=1 b=2``),
-    which is how the parser reads them; otherwise only the last occurrence would count."""
+    """Join repeated multi-value flags (``--opt a=1 --opt b=2``) into one (``--opt a=1 b=2``) at
+    the place of the first, which is how the parser reads them; otherwise only the last
+    occurrence would count."""
+    values: dict[str, list[str]] = {}
     out: list[str] = []
-    first: dict[str, int] = {}  # flag -> index of its values' end in ``out``
     i = 0
     while i < len(argv):
-        tok = argv[i]
-        flag = tok.split("=", 1)[0] if tok.startswith("--") else None
-        if flag in REPEATABLE:
-            values = [tok.split("=", 1)[1]] if "=" in tok else []
-            i += 1
-            while i < len(argv) and not argv[i].startswith("--"):
-                values.append(argv[i])
-                i += 1
-            if flag in first:
-                at = first[flag]
-                out[at:at] = values
-                first = {f: (j + len(values) if j >= at and f != flag else j) for f, j in first.items()}
-                first[flag] = at + len(values)
-            else:
-                out.append(flag)
-                out.extend(values)
-                first[flag] = len(out)
-            continue
-        out.append(tok)
+        flag, eq, first = argv[i].partition("=")
         i += 1
-    return out
+        if flag not in REPEATABLE:
+            out.append(argv[i - 1])
+            continue
+        if flag not in values:
+            values[flag] = []
+            out.append(flag)
+        values[flag] += [first] if eq else []
+        while i < len(argv) and not argv[i].startswith("--"):
+            values[flag].append(argv[i])
+            i += 1
+    return [t for tok in out for t in ([tok] + values.pop(tok, []) if tok in REPEATABLE else [tok])]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -217,20 +217,10 @@ def test_block_sparse_stack_cannot_see_block0(block_local):
 
 
 def test_registered_block_sparse_mixer_cannot_see_block0():
-    """The same with the registry's ``block-sparse`` mixer, when it is registered."""
-    from formers.registry import get_kind
-
-    if "block-sparse" not in get_kind("attention"):
-        pytest.skip("no 'block-sparse' mixer registered")
-    import inspect
-
-    params = inspect.signature(get_kind("attention")["block-sparse"].obj.__init__).parameters
-    key = next((k for k in ("block", "block_size") if k in params), None)
-    if key is None:
-        pytest.skip(f"block-sparse takes none of block / block_size: {list(params)}")
+    """The same with the registry's ``block-sparse`` mixer."""
     task = make_task("block-cross", 0, {"seq_len": 64, "block": 16, "n_pairs": 4, "n_keys": 8,
                                         "n_values": 5, "n_noise": 3, **TINY_MODEL})
-    sparse, full = _block_models(task, "block-sparse", {key: 16})
+    sparse, full = _block_models(task, "block-sparse", {"block": 16})
     _check_blind(task, sparse, full, 16)
 
 

@@ -3,9 +3,9 @@ size) to a variant of it. ``formers compare TASK --models a,b`` picks them by na
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-from formers.nn.config import ModelConfig
+from formers.nn.config import LayerSpec, ModelConfig
 from formers.registry import Paper, register
 
 Preset = Callable[[ModelConfig], ModelConfig]
@@ -58,6 +58,19 @@ def postnorm(c: ModelConfig) -> ModelConfig:
         "RoPE + RMSNorm + SwiGLU, no biases")
 def llama(c: ModelConfig) -> ModelConfig:
     return c.replace(position="rope", norm="rmsnorm", ffn="swiglu", bias=False, d_ff=None)
+
+
+def with_attention(c: ModelConfig, name: str, options: dict[str, Any] | None = None,
+                   **layer: Any) -> ModelConfig:
+    """``c`` with every layer's token mixer set to ``name`` with ``options`` (the old mixer's
+    options dropped; each layer's feed-forward kept). ``layer``: further :class:`LayerSpec` fields
+    set on every layer, e.g. ``cache="window", cache_options={"window": 64}``."""
+    spec = dict(attention=name, attention_options=dict(options or {}), **layer)
+    if c.layers is not None:
+        return c.replace(attention=name, layers=[s.replace(**spec) for s in c.layers])
+    if options or layer:
+        return c.replace(attention=name, layers=[LayerSpec(ffn=c.ffn, **spec)])
+    return c.replace(attention=name)
 
 
 def apply_preset(name: str, base: ModelConfig) -> ModelConfig:

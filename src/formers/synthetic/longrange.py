@@ -462,10 +462,23 @@ class ListOpsTask(_LongRangeTask):
         return 0.1
 
 
+class _KeyValueTask(_LongRangeTask):
+    """Shared by the (key, value) retrieval tasks: vocabulary = keys + values + noise + one
+    separator; chance = 1 / n_values."""
+
+    @property
+    def vocab_size(self) -> int:
+        o = self.options
+        return o["n_keys"] + o["n_values"] + o["n_noise"] + 1
+
+    def chance(self) -> float:
+        return 1.0 / self.options["n_values"]
+
+
 @register("task", "recall", paper=ZOOLOGY,
           summary="long associative recall: (key, value) pairs in a noise haystack, queries at the "
                   "end; val_acc")
-class RecallTask(_LongRangeTask):
+class RecallTask(_KeyValueTask):
     """Long associative recall / key-value retrieval (multi-query associative recall, Zoology
     §3, spread over a long haystack). Row: noise with ``n_pairs`` adjacent (key, value) pairs at
     random places, ``<sep>``, then ``n_queries`` stored keys; the target at each query is its
@@ -495,18 +508,10 @@ class RecallTask(_LongRangeTask):
                          n_pairs=n_pairs, n_queries=n_queries, n_keys=n_keys, n_values=n_values,
                          n_noise=n_noise)
 
-    @property
-    def vocab_size(self) -> int:
-        o = self.options
-        return o["n_keys"] + o["n_values"] + o["n_noise"] + 1
-
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         o = self.options
         return recall_sequences(rng, n, o["seq_len"], o["n_pairs"], o["n_queries"], o["n_keys"],
                                 o["n_values"], o["n_noise"])
-
-    def chance(self) -> float:
-        return 1.0 / self.options["n_values"]
 
 
 @register("task", "long-copy", summary="copy a block of symbols to the end of a long row "
@@ -549,7 +554,7 @@ class LongCopyTask(_LongRangeTask):
 @register("task", "block-cross", paper=MASFORMER,
           summary="query at the end asks for a value stored in block 0; block-sparse-only stacks "
                   "stay at chance by construction; val_acc")
-class BlockCrossTask(_LongRangeTask):
+class BlockCrossTask(_KeyValueTask):
     """Block-crossing retrieval: (key, value) pairs stored in the first ``block`` tokens, the query
     key at the last position, the answer its value (see :func:`block_cross_sequences`, which also
     gives the argument that a stack of block-sparse layers with blocks of ``block`` tokens is at
@@ -581,18 +586,10 @@ class BlockCrossTask(_LongRangeTask):
                          block=block, n_pairs=n_pairs, n_keys=n_keys, n_values=n_values,
                          n_noise=n_noise)
 
-    @property
-    def vocab_size(self) -> int:
-        o = self.options
-        return o["n_keys"] + o["n_values"] + o["n_noise"] + 1
-
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         o = self.options
         return block_cross_sequences(rng, n, o["seq_len"], o["block"], o["n_pairs"], o["n_keys"],
                                      o["n_values"], o["n_noise"])
-
-    def chance(self) -> float:
-        return 1.0 / self.options["n_values"]
 
     def model_config(self, variant: str = "baseline") -> ModelConfig:
         """The variant's config with every ``block-sparse`` layer's block (and its ``window``

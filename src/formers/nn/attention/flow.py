@@ -55,11 +55,11 @@ import math
 import torch
 
 from formers.nn.attention.linear import (
-    FeatureAttention, causal_scan, padding_mask, with_attention,
+    FeatureAttention, causal_scan, padding_mask,
 )
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
-from formers.nn.presets import preset
+from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
 PAPER = Paper("Flowformer: Linearizing Transformers with Conservation Flows", "2202.06258",

@@ -66,7 +66,7 @@ from formers.nn.attention.core import attend
 from formers.nn.attention.softmax import self_attention_keys
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
-from formers.nn.presets import preset
+from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
 PAPER = Paper("Key-Value Transformer", "2305.19129", "§3 (KV attention, 2-D positional encoding)")
@@ -234,22 +234,14 @@ class KVPosAttention(KVAttention):
 
 
 # ------------------------------------------------------------------------------------ presets
-def _with_attention(c: ModelConfig, name: str) -> ModelConfig:
-    """``c`` with every layer's token mixer set to ``name`` (options of the old mixer dropped)."""
-    c = c.replace(n_kv_heads=None)
-    if c.layers is None:
-        return c.replace(attention=name)
-    return c.replace(attention=name, layers=[
-        s.replace(attention=name, attention_options={}) for s in c.layers])
-
 
 @preset("kv-attention", Paper("Key-Value Transformer", "2305.19129", "§3, kv-nopos"),
         "baseline with symmetric Key-Value attention (no W_Q)")
 def kv_attention(c: ModelConfig) -> ModelConfig:
-    return _with_attention(c, "kv")
+    return with_attention(c.replace(n_kv_heads=None), "kv")
 
 
 @preset("kv-attention-pos", Paper("Key-Value Transformer", "2305.19129", "§3, 2-D positional encoding"),
         "baseline with Key-Value attention and the 2-D pair positional encoding")
 def kv_attention_pos(c: ModelConfig) -> ModelConfig:
-    return _with_attention(c, "kv-pos")
+    return with_attention(c.replace(n_kv_heads=None), "kv-pos")

@@ -57,7 +57,7 @@ from torch import nn
 
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
-from formers.nn.presets import preset
+from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
 PAPER = Paper("Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention",
@@ -149,13 +149,6 @@ def padding_mask(ctx: Context, b: int, t: int, device: torch.device) -> torch.Te
         raise ValueError(f"key_mask must be (batch={b}, >= {t}) bool, got {tuple(km.shape)}")
     return km[:, km.shape[1] - t:].to(device=device, dtype=torch.bool)
 
-
-def with_attention(c: ModelConfig, name: str) -> ModelConfig:
-    """``c`` with every layer's token mixer set to ``name`` (the old mixer's options dropped)."""
-    if c.layers is None:
-        return c.replace(attention=name)
-    return c.replace(attention=name, layers=[s.replace(attention=name, attention_options={})
-                                             for s in c.layers])
 
 
 # ------------------------------------------------------------------------------------ the mixer
@@ -298,4 +291,4 @@ def linear_preset(c: ModelConfig) -> ModelConfig:
 
 
 __all__ = ["FeatureAttention", "LinearAttention", "causal_scan", "elu_feature_map",
-           "explicit_kernel_attention", "prefix_normaliser", "with_attention"]
+           "explicit_kernel_attention", "prefix_normaliser"]

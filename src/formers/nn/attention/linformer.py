@@ -50,7 +50,7 @@ from formers.nn.attention.core import attend
 from formers.nn.attention.softmax import SoftmaxAttention
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
-from formers.nn.presets import preset
+from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
 PAPER = Paper("Linformer: Self-Attention with Linear Complexity", "2006.04768",
@@ -179,18 +179,11 @@ class LinformerAttention(SoftmaxAttention):
         return self.o(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
-def _with_attention(c: ModelConfig, name: str) -> ModelConfig:
-    """``c`` with every layer's token mixer set to ``name`` (with its default options)."""
-    if c.layers is None:
-        return c.replace(attention=name)
-    return c.replace(attention=name, layers=[s.replace(attention=name, attention_options={})
-                                             for s in c.layers])
-
 
 @preset("linformer", PAPER, "baseline with Linformer attention (k = max_seq_len/4, headwise E, F); "
         "encoders only (not causal)")
 def linformer(c: ModelConfig) -> ModelConfig:
-    return _with_attention(c, "linformer")
+    return with_attention(c, "linformer")
 
 
 __all__ = ["LinformerAttention", "LinformerProjections", "linformer_reference"]

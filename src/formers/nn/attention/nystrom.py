@@ -61,7 +61,7 @@ from formers.nn.attention.core import attend
 from formers.nn.attention.softmax import SoftmaxAttention
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
-from formers.nn.presets import preset
+from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
 PAPER = Paper("Nystromformer: A Nystrom-Based Algorithm for Approximating Self-Attention", "2102.03902",
@@ -253,10 +253,7 @@ class NystromAttention(SoftmaxAttention):
 @preset("nystromformer", PAPER, "baseline with Nystromformer attention (64 landmarks, 6 pinv iterations, "
         "conv skip 35); encoders only (not causal)")
 def nystromformer(c: ModelConfig) -> ModelConfig:
-    if c.layers is None:
-        return c.replace(attention="nystromformer")
-    return c.replace(attention="nystromformer", layers=[
-        s.replace(attention="nystromformer", attention_options={}) for s in c.layers])
+    return with_attention(c, "nystromformer")
 
 
 __all__ = ["NystromAttention", "iterative_pinv", "landmarks", "nystrom_reference", "segments"]

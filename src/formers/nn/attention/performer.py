@@ -46,9 +46,9 @@ import math
 
 import torch
 
-from formers.nn.attention.linear import FeatureAttention, with_attention
+from formers.nn.attention.linear import FeatureAttention
 from formers.nn.config import ModelConfig
-from formers.nn.presets import preset
+from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
 PAPER = Paper("Rethinking Attention with Performers", "2009.14794",

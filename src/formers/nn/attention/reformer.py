@@ -46,7 +46,7 @@ from torch import nn
 
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
-from formers.nn.presets import preset
+from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
 PAPER = Paper("Reformer: The Efficient Transformer", "2001.04451",
@@ -258,10 +258,7 @@ class ReformerAttention(nn.Module):
 
 @preset("reformer", PAPER, "baseline with Reformer LSH attention (8 buckets, 2 rounds, chunk 64)")
 def reformer(c: ModelConfig) -> ModelConfig:
-    if c.layers is None:
-        return c.replace(attention="reformer")
-    return c.replace(attention="reformer", layers=[
-        s.replace(attention="reformer", attention_options={}) for s in c.layers])
+    return with_attention(c, "reformer")
 
 
 __all__ = ["ReformerAttention", "bucket_chunks", "lsh_attention", "lsh_hash", "lsh_reference"]

@@ -48,9 +48,9 @@ from typing import Any, Callable
 import torch
 
 from formers.nn.attention.softmax import SoftmaxAttention
-from formers.nn.config import LayerSpec, ModelConfig
+from formers.nn.config import ModelConfig
 from formers.nn.context import Context
-from formers.nn.presets import preset
+from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
 BACKEND = "flex block mask on CUDA; sdpa dense mask otherwise; reference"
@@ -442,40 +442,35 @@ class BlockSparseAttention(PatternAttention):
 
 
 # ------------------------------------------------------------------------------------ presets
-def _every_layer(c: ModelConfig, attention: str, **options: Any) -> ModelConfig:
-    return c.replace(layers=[LayerSpec(attention=attention, attention_options=dict(options))])
-
 
 @preset("local", LOCAL, "every layer sliding-window attention (window 64), decoding with a window cache")
 def local_preset(c: ModelConfig) -> ModelConfig:
-    return c.replace(layers=[LayerSpec(attention="local", attention_options={"window": 64},
-                                       cache="window", cache_options={"window": 64})])
+    return with_attention(c, "local", {"window": 64}, cache="window", cache_options={"window": 64})
 
 
 @preset("longformer", LONGFORMER, "every layer Longformer attention (window 64, 1 global position)")
 def longformer_preset(c: ModelConfig) -> ModelConfig:
-    return _every_layer(c, "longformer")
+    return with_attention(c, "longformer")
 
 
 @preset("bigbird", BIGBIRD, "every layer BigBird attention (block 16: 3-block window, 1 global, 2 random)")
 def bigbird_preset(c: ModelConfig) -> ModelConfig:
-    return _every_layer(c, "bigbird")
+    return with_attention(c, "bigbird")
 
 
 @preset("sparse-strided", CHILD, "every layer Sparse Transformer strided attention (stride 32)")
 def strided_preset(c: ModelConfig) -> ModelConfig:
-    return _every_layer(c, "sparse-strided")
+    return with_attention(c, "sparse-strided")
 
 
 @preset("sparse-fixed", CHILD, "every layer Sparse Transformer fixed attention (stride 32, c 4)")
 def fixed_preset(c: ModelConfig) -> ModelConfig:
-    return _every_layer(c, "sparse-fixed")
+    return with_attention(c, "sparse-fixed")
 
 
 @preset("block-sparse", MASFORMER, "every layer block-sparse attention (block 64), decoding with a window cache")
 def block_sparse_preset(c: ModelConfig) -> ModelConfig:
-    return c.replace(layers=[LayerSpec(attention="block-sparse", attention_options={"block": 64},
-                                       cache="window", cache_options={"window": 64})])
+    return with_attention(c, "block-sparse", {"block": 64}, cache="window", cache_options={"window": 64})
 
 
 __all__ = [

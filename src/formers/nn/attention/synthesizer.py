@@ -39,7 +39,7 @@ from formers.nn.attention.core import attend
 from formers.nn.attention.softmax import self_attention_keys
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
-from formers.nn.presets import preset
+from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
 PAPER_DENSE = Paper("Synthesizer: Rethinking Self-Attention in Transformer Models", "2005.00743",
@@ -200,21 +200,15 @@ class RandomSynthesizer(_Synthesizer):
         return self.table(q_pos, k_pos).to(x.dtype)[None]
 
 
-def _with_attention(c: ModelConfig, name: str) -> ModelConfig:
-    if c.layers is None:
-        return c.replace(attention=name)
-    return c.replace(attention=name, layers=[s.replace(attention=name, attention_options={})
-                                             for s in c.layers])
-
 
 @preset("synthesizer-dense", PAPER_DENSE, "baseline with Dense Synthesizer attention")
 def synthesizer_dense(c: ModelConfig) -> ModelConfig:
-    return _with_attention(c, "synthesizer-dense")
+    return with_attention(c, "synthesizer-dense")
 
 
 @preset("synthesizer-random", PAPER_RANDOM, "baseline with (learned) Random Synthesizer attention")
 def synthesizer_random(c: ModelConfig) -> ModelConfig:
-    return _with_attention(c, "synthesizer-random")
+    return with_attention(c, "synthesizer-random")
 
 
 __all__ = ["DenseSynthesizer", "RandomSynthesizer", "synthesizer_reference"]
