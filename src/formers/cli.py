@@ -24,6 +24,7 @@ from formers.train.config import TrainConfig
 def _load_all() -> None:
     """Import every part so the registry is complete."""
     import formers.nn  # noqa: F401
+    import formers.sciml  # noqa: F401
     import formers.synthetic  # noqa: F401
     import formers.text  # noqa: F401
     import formers.timeseries  # noqa: F401

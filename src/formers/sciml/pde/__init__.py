@@ -1,0 +1,5 @@
+"""PDE surrogates and physics-informed transformers: PINNsFormer (arXiv 2307.11833), FactFormer
+(arXiv 2305.17560), IFactFormer-m (arXiv 2412.18840), baselines and the PDE data generators.
+
+Importing this package registers its parts and tasks (one import line per module below).
+"""
