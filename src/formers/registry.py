@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-KINDS = ("attention", "ffn", "norm", "position", "residual", "cache", "model", "task", "forecaster")
+KINDS = ("attention", "ffn", "norm", "position", "residual", "cache", "model", "task", "forecaster",
+         "surrogate")  # surrogate: PDE surrogate models on grids (FNO, FactFormer, ...)
 
 
 @dataclass(frozen=True)
