@@ -154,14 +154,7 @@ class LinformerAttention(SoftmaxAttention):
         if t > self.max_len:
             raise ValueError(f"linformer: sequence length {t} exceeds max_seq_len = {self.max_len} "
                              f"(E, F have n = max_seq_len columns)")
-        q = self._heads(self.q(x), self.n_heads)
-        k = self._heads(self.k(x), self.n_kv_heads)
-        v = self._heads(self.v(x), self.n_kv_heads)
-        if ctx.position is not None:
-            q, k = ctx.position.rotate(q, ctx.positions), ctx.position.rotate(k, ctx.positions)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        q, k, v = self.self_qkv(x, ctx)
         if ctx.key_mask is not None:
             keep = ctx.key_mask[:, None, :, None].to(k.dtype)
             k, v = k * keep, v * keep

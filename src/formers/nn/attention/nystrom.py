@@ -230,14 +230,7 @@ class NystromAttention(SoftmaxAttention):
                              "use it in encoder layers")
         if cache is not None:
             raise ValueError("nystromformer has no KV cache (it is not causal)")
-        q = self._heads(self.q(x), self.n_heads)
-        k = self._heads(self.k(x), self.n_kv_heads)
-        v = self._heads(self.v(x), self.n_kv_heads)
-        if ctx.position is not None:
-            q, k = ctx.position.rotate(q, ctx.positions), ctx.position.rotate(k, ctx.positions)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        q, k, v = self.self_qkv(x, ctx)
         km = ctx.key_mask
         backend = "reference" if ctx.capture is not None else self.backend
         if t <= self.n_landmarks:  # exact attention costs O(T^2) <= O(T m) here (as xformers)

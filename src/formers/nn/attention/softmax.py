@@ -83,6 +83,20 @@ class SoftmaxAttention(nn.Module):
         b, s, _ = t.shape
         return t.view(b, s, n, self.head_dim).transpose(1, 2)
 
+    def self_qkv(self, x: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Uncached self-attention q, k, v, each (batch, n_heads, seq_len, head_dim): RoPE applied
+        to q and k, GQA key/value heads repeated to the query heads (for mixers that transform the
+        keys along the sequence: Linformer, Nystromformer, Sinkhorn)."""
+        q = self._heads(self.q(x), self.n_heads)
+        k = self._heads(self.k(x), self.n_kv_heads)
+        v = self._heads(self.v(x), self.n_kv_heads)
+        if ctx.position is not None:
+            q, k = ctx.position.rotate(q, ctx.positions), ctx.position.rotate(k, ctx.positions)
+        if self.n_kv_heads != self.n_heads:
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        return q, k, v
+
     def forward(self, x: torch.Tensor, ctx: Context, cache=None) -> torch.Tensor:
         b, t, _ = x.shape
         q = self._heads(self.q(x), self.n_heads)
