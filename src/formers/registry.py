@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 KINDS = ("attention", "ffn", "norm", "position", "residual", "cache", "model", "task", "forecaster",
-         "surrogate")  # surrogate: PDE surrogate models on grids (FNO, FactFormer, ...)
+         "surrogate",  # surrogate: PDE surrogate models on grids (FNO, FactFormer, ...)
+         "pinn")  # pinn: physics-informed models of coordinates (PINNsFormer, PINN MLP, QRes, FLS)
 
 
 @dataclass(frozen=True)
