@@ -12,7 +12,7 @@ from formers.sciml.ode.model import (ODEFormer, ODEFormerConfig, PointEmbedder, 
 
 
 def tiny(**kw) -> ODEFormerConfig:
-    return variant_config("odeformer-tiny", input_vocab_size=60, vocab_size=40, **kw)
+    return variant_config("odeformer-tiny", input_vocab_size=60, pad_id=59, vocab_size=40, **kw)
 
 
 def test_point_embedder_shapes_and_paper_width():
@@ -22,7 +22,7 @@ def test_point_embedder_shapes_and_paper_width():
     assert cfg.point_tokens == (1 + 2) * 3
     assert emb(pts).shape == (3, 11, cfg.d_model)
     # the paper's embedder: D_max 6 -> 21 tokens of width 64 -> 1344 -> 1344 -> 512
-    paper = variant_config("odeformer-paper", input_vocab_size=60, vocab_size=40)
+    paper = variant_config("odeformer-paper", input_vocab_size=60, pad_id=59, vocab_size=40)
     e = PointEmbedder(paper)
     assert paper.point_tokens == 21
     assert [tuple(m.weight.shape) for m in e.mlp if hasattr(m, "weight")] == [(1344, 1344), (512, 1344)]
@@ -67,7 +67,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("d_model", 33, "divisible"), ("max_dimension", 0, "max_dimension"), ("pad_id", 60, "pad_id"),
+    ("d_model", 33, "divisible"), ("max_dimension", 0, "max_dimension"), ("pad_id", 61, "pad_id"),
     ("dropout", 1.0, "dropout"), ("token_dim", 2.5, "token_dim")])
 def test_config_errors_name_the_field(field, value, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -77,3 +77,25 @@ def test_config_errors_name_the_field(field, value, match):
 def test_unknown_variant():
     with pytest.raises(ValueError, match="odeformer-paper"):
         variant_config("nope")
+
+
+def test_point_and_system_tokens():
+    import numpy as np
+
+    from formers.sciml.ode import codec, expr, tokens
+
+    t, x = np.array([1.0, 2.5]), np.array([[0.012345], [-3.0]])
+    ids = tokens.encode_points(t, x, max_dimension=3)
+    assert ids.shape == (2, 12)
+    assert [tokens.INPUT_VOCAB[i] for i in ids[0, 3:6]] == ["+", "N1235", "E-5"]  # the paper's example
+    assert (ids[:, 6:] == tokens.INPUT_PAD_ID).all()
+    assert np.allclose(codec.decode_floats(ids[:, :6].reshape(2, 2, 3)), np.c_[t, x], rtol=5e-4)
+    with pytest.raises(ValueError, match="max_dimension = 1"):
+        tokens.encode_points(np.zeros(3), np.zeros((3, 2)), max_dimension=1)
+    system = expr.parse("-0.5*x_0 + x_1 | sin(x_0)")
+    ids = tokens.encode_system(system, 2)
+    assert ids[0] == tokens.BOS and ids[-1] == tokens.EOS
+    assert tokens.decode_system(ids, 2) == system
+    assert max(ids) < variant_config("odeformer").vocab_size
+    with pytest.raises(ValueError, match="max_dimension"):
+        tokens.encode_system(system, 1)

@@ -15,7 +15,7 @@ BOS, EOS = 0, 1
 
 def _model(seed: int, vocab: int) -> ODEFormer:
     torch.manual_seed(seed)
-    return ODEFormer(variant_config("odeformer-tiny", input_vocab_size=60, vocab_size=vocab)).eval()
+    return ODEFormer(variant_config("odeformer-tiny", input_vocab_size=60, pad_id=59, vocab_size=vocab)).eval()
 
 
 def _greedy(m, pts, max_len):

@@ -143,11 +143,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def variant_config(name: str, **fields: Any) -> ODEFormerConfig:
     """The config of named variant ``name`` (see :data:`VARIANTS`) with ``fields`` set on top.
+    Unless given, the vocabulary fields come from :mod:`formers.sciml.ode.tokens` (the codec's
+    float tokens + pad for the points, ``expr.vocabulary(max_dimension)`` for the outputs).
 
     Raises ValueError for an unknown variant (naming the known ones) or a bad field."""
+    from formers.sciml.ode import tokens
+
     if name not in VARIANTS:
         raise ValueError(f"unknown ODEFormer variant {name!r}; known: {sorted(VARIANTS)}")
-    return ODEFormerConfig.from_dict({**VARIANTS[name], **fields, "model": name})
+    merged = {**VARIANTS[name], **fields, "model": name}
+    d = merged["max_dimension"]
+    if isinstance(d, int) and not isinstance(d, bool) and d >= 1:
+        merged.setdefault("input_vocab_size", len(tokens.INPUT_VOCAB))
+        merged.setdefault("pad_id", tokens.INPUT_PAD_ID)
+        merged.setdefault("vocab_size", tokens.output_vocab_size(d))
+    return ODEFormerConfig.from_dict(merged)
 
 
 class PointEmbedder(nn.Module):
