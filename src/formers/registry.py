@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterator
 
 KINDS = ("attention", "ffn", "norm", "position", "residual", "cache", "model", "task", "forecaster",
          "surrogate",  # surrogate: PDE surrogate models on grids (FNO, FactFormer, ...)
-         "pinn")  # pinn: physics-informed models of coordinates (PINNsFormer, PINN MLP, QRes, FLS)
+         "pinn",  # pinn: physics-informed models of coordinates (PINNsFormer, PINN MLP, QRes, FLS)
+         "weather")  # weather: WeatherFormer encoders and their fine-tuning heads
 
 
 @dataclass(frozen=True)
