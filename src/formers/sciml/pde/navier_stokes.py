@@ -36,7 +36,7 @@ import torch
 
 from formers.config import Config
 from formers.sciml.pde.spectral import (CrankNicolsonHeun, check_finite, dealias_mask,
-                                        derivative_wavenumbers,
+                                        derivative_wavenumbers, simulate,
                                         gaussian_random_field, real_dtype, sample_generators,
                                         steps_per, wavenumbers)
 
@@ -174,24 +174,6 @@ class Kolmogorov2D:
         c = self.cfg
         return (f"grid = {c.grid}, nu = {c.nu}, dt = {c.dt}: use a smaller dt (or a larger nu / "
                 f"grid)")
-
-
-def simulate(solver, w0: torch.Tensor, n_steps: int, steps_per_frame: int, burn_steps: int,
-             what: str, progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Run ``solver`` (``to_spectral``/``step``/``to_physical``) from physical ``w0``: ``burn_steps``
-    steps, then ``n_steps`` frames ``steps_per_frame`` apart. Returns (batch, n_steps, *field) float32
-    on the CPU; BlowUpError (a ValueError) at the first non-finite frame."""
-    w_hat = solver.step(solver.to_spectral(w0), burn_steps)
-    frames = []
-    for t in range(n_steps):
-        if t:
-            w_hat = solver.step(w_hat, steps_per_frame)
-        w = solver.to_physical(w_hat)
-        check_finite(w, f"{what} at frame {t} (t = burn_in + {t} * record_dt)", solver.hint())
-        frames.append(w.to(device="cpu", dtype=torch.float32))
-        if progress is not None:
-            progress(1)
-    return torch.stack(frames, dim=1)
 
 
 def navier_stokes_2d(n_samples: int, *, grid: int = 64, nu: float = 1e-3, drag: float = 0.1,

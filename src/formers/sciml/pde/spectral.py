@@ -177,3 +177,21 @@ def steps_per(interval: float, dt: float, name: str) -> int:
         raise ValueError(f"{name} = {interval!r} must be a whole multiple of dt = {dt!r} "
                          f"(ratio {r:.6g})")
     return n
+
+
+def simulate(solver, w0: torch.Tensor, n_steps: int, steps_per_frame: int, burn_steps: int,
+             what: str, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Run ``solver`` (``to_spectral``/``step``/``to_physical``/``hint``) from physical ``w0``: ``burn_steps``
+    steps, then ``n_steps`` frames ``steps_per_frame`` apart. Returns (batch, n_steps, *field) float32
+    on the CPU; BlowUpError (a ValueError) at the first non-finite frame."""
+    w_hat = solver.step(solver.to_spectral(w0), burn_steps)
+    frames = []
+    for t in range(n_steps):
+        if t:
+            w_hat = solver.step(w_hat, steps_per_frame)
+        w = solver.to_physical(w_hat)
+        check_finite(w, f"{what} at frame {t} (t = burn_in + {t} * record_dt)", solver.hint())
+        frames.append(w.to(device="cpu", dtype=torch.float32))
+        if progress is not None:
+            progress(1)
+    return torch.stack(frames, dim=1)
