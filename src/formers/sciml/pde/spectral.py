@@ -105,7 +105,10 @@ def gaussian_random_field(n_samples: int, shape: Sequence[int], *, alpha: float,
     global RNG), so a sample does not depend on how samples are batched.
 
     The spectral amplitudes are sqrt(2) sigma ((2 pi/length)^2 |m|^2 + tau^2)^(-alpha/2) times a
-    standard complex normal (real and imaginary parts of variance 1/2), placed on the half spectrum.
+    standard complex normal (real and imaginary parts of variance 1/2), placed on the half spectrum,
+    as the reference generators (FNO/PINO/FactFormer ``GaussianRF``). Note that the field's
+    covariance is then twice the nominal sigma^2 (-Delta + tau^2)^-alpha (except for the real
+    Nyquist modes): we keep the reference's amplitude, since it sets the data's scale.
     """
     d = len(shape)
     if sigma is None:
