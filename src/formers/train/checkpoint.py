@@ -80,7 +80,15 @@ def set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> 
 # Optimiser state
 
 
+LIST = "__list__"  # marks a list-valued optimiser state entry (L-BFGS history) in state.json
+
+
 def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimiser state as (tensors keyed ``state.<param index>.<name>``, JSON metadata).
+
+    A list-valued entry (L-BFGS's ``old_dirs``, ``old_stps``, ``ro``, ``al``) keeps its tensors as
+    ``state.<index>.<name>.<i>`` and its layout in the metadata: ``{"__list__": [...]}`` with None
+    where item i is a tensor and the plain value (a number or None) otherwise."""
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -88,6 +96,15 @@ def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
                 tensors[f"state.{idx}.{k}"] = v.detach().cpu().contiguous()
+            elif isinstance(v, (list, tuple)):
+                layout = []
+                for i, item in enumerate(v):
+                    if isinstance(item, torch.Tensor):
+                        tensors[f"state.{idx}.{k}.{i}"] = item.detach().cpu().contiguous()
+                        layout.append(None)
+                    else:
+                        layout.append({"value": item})
+                scalars.setdefault(str(idx), {})[k] = {LIST: layout}
             else:
                 scalars.setdefault(str(idx), {})[k] = v
     groups = []
@@ -101,11 +118,24 @@ def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = v
+    lists: dict[tuple[int, str], list] = {}
     for idx, sc in meta.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(sc)
+        for k, v in sc.items():
+            if isinstance(v, dict) and LIST in v:
+                lists[(int(idx), k)] = [None if item is None else item["value"] for item in v[LIST]]
+                state.setdefault(int(idx), {})[k] = lists[(int(idx), k)]
+            else:
+                state.setdefault(int(idx), {})[k] = v
+    for key, v in tensors.items():
+        # a fresh aligned copy: safetensors packs tensors at 4-byte offsets, and reductions (the
+        # dot products of L-BFGS) over unaligned memory may round differently, breaking exact resume
+        v = v.clone()
+        _, idx, name = key.split(".", 2)
+        head, _, item = name.rpartition(".")
+        if (int(idx), head) in lists:
+            lists[(int(idx), head)][int(item)] = v
+        else:
+            state.setdefault(int(idx), {})[name] = v
     groups = []
     for g in meta["param_groups"]:
         g = dict(g)
