@@ -16,6 +16,7 @@ if importlib.util.find_spec("formers.timeseries.pathformer") is not None:
     from formers.timeseries import pathformer  # noqa: F401
 
 from formers.timeseries import task  # noqa: E402,F401  (registers the forecast task)
+from formers.timeseries import weather_task  # noqa: E402,F401  (WeatherFormer models and tasks)
 
 __all__ = ["ForecasterConfig", "RevIN", "SAMformer", "SAMformerConfig", "build_forecaster",
            "forecaster_config", "load_forecaster"]
