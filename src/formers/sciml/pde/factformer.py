@@ -37,7 +37,7 @@ from torch import nn
 from formers.registry import Paper, register
 from formers.sciml.pde.factorized import FactorizedAttention
 from formers.sciml.pde.fourier_features import GaussianFourierFeatures, grid_points
-from formers.sciml.pde.surrogate import SurrogateConfig, check_fields, grid_coords
+from formers.sciml.pde.surrogate import SurrogateConfig, check_fields, check_grid_size, grid_coords
 
 PAPER = Paper("Scalable Transformer for PDE Surrogate Modeling (FactFormer)", "2305.17560",
               "§3 factorised kernel integral, axial kernels with rotary position; §4 KM2D")
@@ -126,6 +126,8 @@ class FactFormer(nn.Module):
     Raises ValueError for an input of the wrong shape, a grid axis shorter than 2, non-finite
     input, or steps outside [1, t_out]."""
 
+    takes_steps = True  # forward(x, steps=k) computes only k latent steps
+
     def __init__(self, cfg: FactFormerConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -141,6 +143,10 @@ class FactFormer(nn.Module):
             nn.Conv1d(L, d, 1, groups=8, bias=False), nn.GELU(),
             nn.Conv1d(d, d // 2, 1, bias=False), nn.GELU(),
             nn.Conv1d(d // 2, cfg.channels, 1))
+
+    def check_grid(self, grid: tuple[int, ...]) -> None:
+        """ValueError unless every axis has >= 2 points (any size otherwise: no FFT, no patches)."""
+        check_grid_size(self, grid, min_size=2)
 
     def forward(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         cfg = self.cfg

@@ -38,7 +38,7 @@ from torch import nn
 
 from formers.registry import Paper, register
 from formers.sciml.pde.factformer import FactorizedEncoder
-from formers.sciml.pde.surrogate import SurrogateConfig, check_fields, grid_coords
+from formers.sciml.pde.surrogate import SurrogateConfig, check_fields, check_grid_size, grid_coords
 
 PAPER = Paper("Implicit factorized transformer approach to fast prediction of turbulent channel "
               "flows (IFactFormer)", "2412.18840", "§2, parallel factorised attention and implicit iteration")
@@ -107,6 +107,10 @@ class IFactFormer(nn.Module):
                                          combine=cfg.combine, implicit_steps=cfg.n_iter)
         self.out1 = nn.Linear(d, d // 2, bias=False)
         self.out2 = nn.Linear(d // 2, cfg.t_out * c)
+
+    def check_grid(self, grid: tuple[int, ...]) -> None:
+        """ValueError unless every axis has >= 2 points (any size otherwise: no FFT, no patches)."""
+        check_grid_size(self, grid, min_size=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

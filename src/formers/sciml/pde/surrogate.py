@@ -78,6 +78,17 @@ def grid_coords(cfg: SurrogateConfig, grid: tuple[int, ...], device=None,
             for L, n in zip(cfg.axis_lengths(), grid)]
 
 
+def check_grid_size(model: nn.Module, grid: tuple[int, ...], multiple_of: int = 1, min_size: int = 1) -> None:
+    """Raise ValueError unless ``grid`` has ``model.cfg.n_dims`` sizes, each >= ``min_size`` and a
+    multiple of ``multiple_of`` (a grid the model cannot take, named in the message)."""
+    c: SurrogateConfig = model.cfg  # type: ignore[assignment]
+    bad = len(grid) != c.n_dims or any(n < min_size or n % multiple_of for n in grid)
+    if bad:
+        raise ValueError(f"{type(model).__name__}: grid {tuple(grid)} cannot be taken: it needs "
+                         f"{c.n_dims} axes, every size >= {min_size}"
+                         + (f" and a multiple of {multiple_of}" if multiple_of > 1 else ""))
+
+
 def check_fields(model: nn.Module, x: torch.Tensor, multiple_of: int = 1, min_size: int = 1) -> None:
     """Raise ValueError unless x is (batch, t_in, *grid, channels) for ``model.cfg``, every grid
     size is a multiple of ``multiple_of`` and at least ``min_size``, and x is finite."""
@@ -86,11 +97,7 @@ def check_fields(model: nn.Module, x: torch.Tensor, multiple_of: int = 1, min_si
     want = f"(batch, {c.t_in}, {', '.join('n' + 'xyz'[i] for i in range(c.n_dims))}, {c.channels})"
     if x.dim() != c.n_dims + 3 or x.shape[1] != c.t_in or x.shape[-1] != c.channels:
         raise ValueError(f"{name}: expected x of shape {want}, got {tuple(x.shape)}")
-    grid = tuple(x.shape[2:-1])
-    bad = [n for n in grid if n < min_size or n % multiple_of]
-    if bad:
-        raise ValueError(f"{name}: grid {grid} cannot be taken: every size must be >= {min_size}"
-                         + (f" and a multiple of {multiple_of}" if multiple_of > 1 else ""))
+    check_grid_size(model, tuple(x.shape[2:-1]), multiple_of, min_size)
     if not torch.isfinite(x).all():
         raise ValueError(f"{name}: the input holds NaN or inf values")
 
@@ -137,3 +144,34 @@ def load_surrogate(folder: str | Path, device: str | torch.device = "cpu") -> nn
     except Exception as e:
         raise ValueError(f"cannot load {folder / 'model.safetensors'}: {e}") from None
     return model.to(device)
+
+
+def relative_l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Relative L2 error per sample: ||pred - target||_2 / ||target||_2 over every axis but the
+    first (FactFormer's ``rel_l2_loss``). pred, target: (batch, ...) -> (batch,)."""
+    dims = tuple(range(1, target.dim()))
+    return ((pred - target).pow(2).sum(dims) / target.pow(2).sum(dims).clamp_min(1e-30)).sqrt()
+
+
+def predict(model: nn.Module, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """The first ``steps`` output frames of one call: (batch, steps, *grid, channels). Models whose
+    forward takes ``steps`` (FactFormer's latent marching) compute only those; others are cut."""
+    from formers.train.distributed import unwrap
+
+    if getattr(unwrap(model), "takes_steps", False):
+        return model(x, steps=steps)
+    return model(x)[:, :steps]
+
+
+def rollout(model: nn.Module, x: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """Autoregressive prediction of ``n_frames`` frames from the window x (batch, t_in, *grid, C):
+    each call's t_out frames are appended and the last t_in frames form the next input.
+    Returns (batch, n_frames, *grid, channels)."""
+    out: list[torch.Tensor] = []
+    done = 0
+    while done < n_frames:
+        y = model(x)
+        out.append(y)
+        done += y.shape[1]
+        x = torch.cat([x, y], dim=1)[:, -x.shape[1]:]
+    return torch.cat(out, dim=1)[:, :n_frames]

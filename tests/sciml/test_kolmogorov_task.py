@@ -1,0 +1,103 @@
+"""The ``kolmogorov`` task: generated data, curriculum / pushforward, metrics, bad input, a CPU
+smoke training that must cut the one-step relative L2 by 4x."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import formers.sciml  # noqa: F401  (registers the task and models)
+from formers.sciml.pde.kolmogorov import curriculum
+from formers.sciml.pde.kolmogorov_data import KolmogorovDataSpec
+from formers.sciml.pde.surrogate import predict, relative_l2
+from formers.train.task import make_task
+
+torch.set_num_threads(1)
+
+TINY = dict(grid=16, n_train=4, n_val=1, n_test=1, n_frames=40, t_in=4, t_out=2, rollout=8,
+            burn_in=0.5, forcing_wavenumber=4, curriculum_length=10, pushforward_after=1000, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("kolmogorov-data")
+
+
+@pytest.fixture(scope="module")
+def task(data_dir):
+    return make_task("kolmogorov", 0, {**TINY, "data": str(data_dir)})
+
+
+def test_data_generated_once_and_described(task, data_dir):
+    files = list((data_dir / "kolmogorov").glob("*.safetensors"))
+    assert len(files) == 1
+    meta = json.loads(files[0].with_suffix(".json").read_text())
+    assert meta["spec"]["grid"] == 16 and meta["params"]["equation"] == "ns2d"
+    again = make_task("kolmogorov", 0, {**TINY, "data": str(data_dir)})  # read back, not regenerated
+    assert again.describe() == task.describe()
+    assert task.splits["train"].shape == (4, 40, 16, 16, 1)
+    tr = task.splits["train"]
+    assert abs(float(tr.mean())) < 1e-5 and abs(float(tr.std()) - 1) < 1e-4  # normalised by train stats
+
+
+def test_curriculum_matches_the_reference_sampler():
+    # reference CurriculumSampler(1, 4, 6000): 1 + int(3 * step / 6000)
+    assert [curriculum(s, 4, 6000) for s in (0, 1999, 2000, 3999, 4000, 6000, 9000)] == [1, 1, 2, 2, 3, 4, 4]
+    assert curriculum(5, 1, 100) == 1
+
+
+def test_pushforward_loss_unrolls_twice_then_targets_the_third_window(task):
+    torch.manual_seed(0)
+    m = task.build_model(task.model_config("factformer").replace(d_model=32, n_layers=1, n_heads=2, head_dim=8))
+    task.options.update(pushforward_after=0, pushforward_every=1)
+    try:
+        L, push = task.frames_now(30, 2)
+        assert (L, push) == (2, 2)
+        b = task.train_batch(30, 0, 3)
+        x = b["x"]
+        with torch.no_grad():
+            for _ in range(2):
+                x = torch.cat([x, predict(m, x, 2)], dim=1)[:, -4:]
+            want = relative_l2(m(x, steps=2), b["future"][:, 4:6]).mean()
+            assert torch.allclose(task.loss(m, b), want)
+    finally:
+        task.options.update(pushforward_after=1000, pushforward_every=3)
+    assert task.frames_now(3, 2) == (1, 0)  # early: one frame, no pushforward
+
+
+def test_bad_input_clear_errors(task, data_dir, tmp_path):
+    with pytest.raises(ValueError, match="max_points"):
+        task.build_model(task.model_config("softmax").replace(max_points=100))  # 16 x 16 = 256 points
+    with pytest.raises(ValueError, match="n_frames"):
+        make_task("kolmogorov", 0, {**TINY, "n_frames": 10, "data": str(data_dir)})
+    with pytest.raises(ValueError, match="forcing_wavenumber"):
+        make_task("kolmogorov", 0, {**TINY, "forcing_wavenumber": 8, "data": str(tmp_path)})
+    with pytest.raises(ValueError, match="surrogate"):
+        task.model_config("no-such-model")
+    # a data file holding NaN is refused with its name
+    from safetensors.torch import save_file
+    spec = KolmogorovDataSpec(grid=16, n_trajectories=6, n_frames=40, burn_in=0.5, forcing_wavenumber=4)
+    bad = torch.zeros(6, 40, 16, 16)
+    bad[2, 3, 4, 5] = float("nan")
+    (tmp_path / "kolmogorov").mkdir()
+    save_file({"vorticity": bad}, str(tmp_path / "kolmogorov" / f"ns2d-16-{spec.key()}.safetensors"))
+    with pytest.raises(ValueError, match="NaN"):
+        make_task("kolmogorov", 0, {**TINY, "data": str(tmp_path)})
+
+
+def test_smoke_training_cuts_one_step_error_4x(task):
+    torch.manual_seed(0)
+    m = task.build_model(task.model_config("factformer").replace(d_model=32, n_layers=2, n_heads=2, head_dim=16))
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    before = task.evaluate(m, 1, 8, torch.device("cpu"))
+    for s in range(40):
+        loss = task.loss(m, task.train_batch(s, 0, 4))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+    after = task.evaluate(m, 1, 8, torch.device("cpu"))
+    assert after["val_one_step_rel_l2"] < 0.25 * before["val_one_step_rel_l2"], (before, after)
+    assert after["test_rollout_rel_l2"] < before["test_rollout_rel_l2"]
