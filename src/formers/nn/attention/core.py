@@ -28,6 +28,8 @@ CALLS: Counter[str] = Counter()
 # ``auto`` takes the flex path only for this many queries or more: below it a dense (q_len, k_len)
 # mask is small, and decoding steps would otherwise build a new block mask for every offset.
 FLEX_MIN_Q = 128
+# dynamo graphs kept for the compiled flex_attention (see _flex_attend)
+FLEX_RECOMPILE_LIMIT = 64
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> torch.Tensor:
@@ -99,11 +101,15 @@ def _flex_attend(q, k, v, *, causal, bias, key_mask, pattern, q_pos, k_pos, scal
     if pattern is None:
         q_pos, k_pos = torch.arange(tq, device=q.device) + shift, torch.arange(tk, device=q.device)
         pattern = _all
-    q0, q1, k0, k1 = torch.stack([q_pos[0], q_pos[-1], k_pos[0], k_pos[-1]]).tolist()
+    ends = torch.stack([q_pos[0], q_pos[-1], k_pos[0], k_pos[-1]])
+    q0, q1, k0, k1 = ends.tolist()
     contiguous = q1 - q0 == tq - 1 and k1 - k0 == tk - 1  # positions increase strictly
+    # the offsets enter mask_mod as tensors: a captured Python int would be a compile-time
+    # constant, and every new offset (a prefill chunk, a cached step) a recompilation
+    q0_t, k0_t = ends[0], ends[2]
 
     def mask_mod(b, hh, i, j):
-        ok = pattern(i + q0, j + k0) if contiguous else pattern(q_pos[i], k_pos[j])
+        ok = pattern(i + q0_t, j + k0_t) if contiguous else pattern(q_pos[i], k_pos[j])
         if causal:
             ok = ok & (j <= i + shift)
         if key_mask is not None:
@@ -130,6 +136,12 @@ def _flex_attend(q, k, v, *, causal, bias, key_mask, pattern, q_pos, k_pos, scal
             return score + full_bias[b, hh, i, j]
     if q.is_cuda:
         if "compiled" not in _FLEX:
+            # flex_attention is one code object for every pattern, grad mode and length that
+            # reaches it, and dynamo keeps 8 graphs per code object by default; past that it
+            # silently runs flex's unfused form, which materialises the scores (seen on the H200
+            # in a sweep over mixers). Raise the limit once, for the whole process.
+            dyn = torch._dynamo.config
+            dyn.recompile_limit = max(dyn.recompile_limit, FLEX_RECOMPILE_LIMIT)
             _FLEX["compiled"] = torch.compile(_FLEX["eager"])  # dynamic after a shape change
         fn = _FLEX["compiled"]
     else:  # flex's unfused eager form (materialises the scores): for tests on CPU
