@@ -8,3 +8,4 @@ from formers.sciml.pde import factformer, ifactformer  # noqa: F401
 from formers.sciml.pde import navier_stokes_3d  # noqa: F401
 from formers.sciml.pde import grid_softmax, kolmogorov  # noqa: F401
 from formers.sciml.pde import burgers  # noqa: F401
+from formers.sciml.pde import fno  # noqa: F401
