@@ -423,6 +423,47 @@ def data_cmd(
           f"in {meta['n_shards']} shards, meta.json)")
 
 
+def ode_cmd(
+    action: tyro.conf.Positional[typing.Literal["fit"]],
+    trajectory: tyro.conf.Positional[Path],
+    out: Optional[Path] = None,
+    model: Optional[Path] = None,
+    method: typing.Literal["sampling", "beam"] = "sampling",
+    beam_size: int = 10,
+    temperature: float = 0.1,
+    refine: bool = False,
+    no_rescale: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+) -> None:
+    """ODEFormer. ``fit TRAJECTORY.csv``: discover the ODE system of a trajectory file (first
+    column time, one column per state; header optional); prints the equations and their R² on
+    the data, writes equations.txt, fit.json and fit.png to --out (formers.sciml.ode.fit).
+
+    Args:
+        out: output folder (default runs/ode-fit-STEM).
+        model: a `formers train ode` run folder or a model folder (default runs/ode-odeformer-seed0).
+        method / beam_size / temperature: sampling (paper README: 50 samples at 0.1) or beam
+            search; every parsed candidate is integrated and the best R² kept.
+        refine: BFGS refinement of the constants (an extra; scipy).
+        no_rescale: skip the paper's time/state rescaling.
+    """
+    from formers.sciml.ode.fit import fit_csv
+    from formers.sciml.ode.predict import DecodeConfig
+    from formers.train.trainer import resolve_device
+
+    _load_all()
+    dev = resolve_device(device)
+    decode = DecodeConfig(method=method, beam_size=beam_size, temperature=temperature, refine=refine,
+                          rescale=not no_rescale, seed=seed)
+    rec = fit_csv(trajectory, out, model, decode, device=dev)
+    names = rec["variables"]
+    print("\n".join(rec["equations"]))
+    print("variables: " + ", ".join(f"{k} = {v}" for k, v in names.items()))
+    print(f"R2 on the data: {rec['r2']:.6f}")
+    print(f"written: {rec['out']}/equations.txt, fit.json, fit.png")
+
+
 COMMANDS = {
     "list": list_cmd,
     "info": info_cmd,
@@ -432,6 +473,7 @@ COMMANDS = {
     "compare": compare_cmd,
     "bench": bench_cmd,
     "data": data_cmd,
+    "ode": ode_cmd,
 }
 
 
