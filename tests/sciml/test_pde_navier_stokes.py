@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from formers.sciml.pde.navier_stokes import Kolmogorov2D, NS2DConfig, navier_stokes_2d
-from formers.sciml.pde.spectral import BlowUpError, integer_wavenumbers
+from formers.sciml.pde.run import BlowUpError
+from formers.sciml.pde.spectral import integer_wavenumbers
 
 torch.set_num_threads(1)
 

@@ -20,10 +20,10 @@ from typing import Any, Callable
 import torch
 
 from formers.config import Config
-from formers.sciml.pde.navier_stokes import check_grid, check_nonneg, check_pos
+from formers.sciml.pde.run import check_grid, check_nonneg, check_pos, check_run, run
 from formers.sciml.pde.spectral import (CrankNicolsonHeun, dealias_mask, derivative_wavenumbers,
                                         gaussian_random_field, real_dtype, sample_generators,
-                                        simulate, steps_per, wavenumbers)
+                                        wavenumbers)
 
 
 @dataclass
@@ -50,11 +50,7 @@ class BurgersConfig(Config):
         check_nonneg(o, nu=self.nu, burn_in=self.burn_in)
         check_pos(o, length=self.length, dt=self.dt, record_dt=self.record_dt, alpha=self.alpha,
                   tau=self.tau, sigma=self.sigma)
-        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int) or self.n_steps < 1:
-            raise ValueError(f"{o}.n_steps must be an int >= 1, got {self.n_steps!r}")
-        steps_per(self.record_dt, self.dt, f"{o}.record_dt")
-        steps_per(self.burn_in, self.dt, f"{o}.burn_in")
-        real_dtype(self.dtype, f"{o}.dtype")
+        check_run(o, self)
 
 
 class Burgers1D:
@@ -111,12 +107,7 @@ def burgers_1d(n_samples: int, *, grid: int = 256, length: float = 1.0, nu: floa
     """
     cfg = BurgersConfig(grid=grid, length=length, nu=nu, dt=dt, record_dt=record_dt, n_steps=n_steps,
                         burn_in=burn_in, alpha=alpha, tau=tau, sigma=sigma, dtype=dtype)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
-    s = Burgers1D(cfg, device)
-    u = simulate(s, s.initial(n_samples, seed, first_index), cfg.n_steps,
-                 steps_per(cfg.record_dt, cfg.dt, "record_dt"), steps_per(cfg.burn_in, cfg.dt, "burn_in"),
-                 "burgers u", progress)
+    u = run(Burgers1D(cfg, device), n_samples, seed, first_index, "burgers u", progress)
     params = {"equation": "burgers", **cfg.to_dict(), "seed": seed, "first_index": first_index,
               "n_samples": n_samples, "domain": f"[0, {length:g}) periodic", "field": "u (sample, frame, x)",
               "source": "Fourier Neural Operator (arXiv 2010.08895) §5.1 Burgers data"}

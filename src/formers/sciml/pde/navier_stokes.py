@@ -35,31 +35,13 @@ from typing import Any, Callable, Optional
 import torch
 
 from formers.config import Config
-from formers.sciml.pde.spectral import (CrankNicolsonHeun, check_finite, dealias_mask,
-                                        derivative_wavenumbers, simulate,
+from formers.sciml.pde.run import check_grid, check_nonneg, check_pos, check_run, run
+from formers.sciml.pde.spectral import (CrankNicolsonHeun, dealias_mask, derivative_wavenumbers,
                                         gaussian_random_field, real_dtype, sample_generators,
-                                        steps_per, wavenumbers)
+                                        wavenumbers)
 
 PAPER_CITE = ("FactFormer: Scalable Transformer for PDE Surrogate Modeling (arXiv 2305.17560), "
               "§4 Kolmogorov flow data (dataset/kolmogorov.py)")
-
-
-def check_grid(owner: str, grid: int, minimum: int = 8) -> None:
-    """Grid sizes must be even ints >= ``minimum`` (the 2/3 rule and the Nyquist mode need it)."""
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < minimum or grid % 2:
-        raise ValueError(f"{owner}.grid must be an even int >= {minimum}, got {grid!r}")
-
-
-def check_nonneg(owner: str, **values: float) -> None:
-    for name, v in values.items():
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{owner}.{name} must be a finite number >= 0, got {v!r}")
-
-
-def check_pos(owner: str, **values: float) -> None:
-    for name, v in values.items():
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{owner}.{name} must be a finite number > 0, got {v!r}")
 
 
 @dataclass
@@ -99,11 +81,7 @@ class NS2DConfig(Config):
                              f" (inside the dealiased band), got {n!r}")
         if self.forcing_amplitude is not None:
             check_nonneg(o, forcing_amplitude=self.forcing_amplitude)
-        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int) or self.n_steps < 1:
-            raise ValueError(f"{o}.n_steps must be an int >= 1, got {self.n_steps!r}")
-        steps_per(self.record_dt, self.dt, f"{o}.record_dt")
-        steps_per(self.burn_in, self.dt, f"{o}.burn_in")
-        real_dtype(self.dtype, f"{o}.dtype")
+        check_run(o, self)
 
     @property
     def amplitude(self) -> float:
@@ -205,18 +183,13 @@ def navier_stokes_2d(n_samples: int, *, grid: int = 64, nu: float = 1e-3, drag: 
         ``field`` (everything needed to regenerate the data).
 
     Raises:
-        ValueError: bad parameters, or :class:`~formers.sciml.pde.spectral.BlowUpError` when the
+        ValueError: bad parameters, or :class:`~formers.sciml.pde.run.BlowUpError` when the
         run produced NaN/inf (the message names the frame, dt, nu and grid).
     """
     cfg = NS2DConfig(grid=grid, nu=nu, drag=drag, forcing_wavenumber=forcing_wavenumber,
                      forcing_amplitude=forcing_amplitude, dt=dt, record_dt=record_dt,
                      n_steps=n_steps, burn_in=burn_in, alpha=alpha, tau=tau, dtype=dtype)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
-    solver = Kolmogorov2D(cfg, device)
-    w0 = solver.initial(n_samples, seed, first_index)
-    w = simulate(solver, w0, cfg.n_steps, steps_per(cfg.record_dt, cfg.dt, "record_dt"),
-                 steps_per(cfg.burn_in, cfg.dt, "burn_in"), "ns2d vorticity", progress)
+    w = run(Kolmogorov2D(cfg, device), n_samples, seed, first_index, "ns2d vorticity", progress)
     return w, ns2d_params(cfg, seed, first_index, n_samples)
 
 

@@ -31,10 +31,9 @@ from typing import Any, Callable
 import torch
 
 from formers.config import Config
-from formers.sciml.pde.navier_stokes import check_grid, check_nonneg, check_pos
+from formers.sciml.pde.run import check_grid, check_nonneg, check_pos, check_run, run
 from formers.sciml.pde.spectral import (CrankNicolsonHeun, dealias_mask, derivative_wavenumbers,
-                                        parseval_weights, real_dtype, sample_generators, simulate,
-                                        steps_per, wavenumbers)
+                                        parseval_weights, real_dtype, sample_generators, wavenumbers)
 
 FORCINGS = ("energy", "none")
 
@@ -71,11 +70,7 @@ class NS3DConfig(Config):
         if self.forcing_k > self.grid / 3:
             raise ValueError(f"{o}.forcing_k must be <= grid/3 = {self.grid / 3:.4g} (inside the "
                              f"dealiased band), got {self.forcing_k!r}")
-        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int) or self.n_steps < 1:
-            raise ValueError(f"{o}.n_steps must be an int >= 1, got {self.n_steps!r}")
-        steps_per(self.record_dt, self.dt, f"{o}.record_dt")
-        steps_per(self.burn_in, self.dt, f"{o}.burn_in")
-        real_dtype(self.dtype, f"{o}.dtype")
+        check_run(o, self)
 
 
 def cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -200,12 +195,7 @@ def navier_stokes_3d(n_samples: int, *, grid: int = 32, nu: float = 0.03, forcin
     """
     cfg = NS3DConfig(grid=grid, nu=nu, forcing=forcing, forcing_k=forcing_k, energy=energy, dt=dt,
                      record_dt=record_dt, n_steps=n_steps, burn_in=burn_in, dtype=dtype)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
-    solver = Turbulence3D(cfg, device)
-    u0 = solver.initial(n_samples, seed, first_index)
-    u = simulate(solver, u0, cfg.n_steps, steps_per(cfg.record_dt, cfg.dt, "record_dt"),
-                 steps_per(cfg.burn_in, cfg.dt, "burn_in"), "ns3d velocity", progress)
+    u = run(Turbulence3D(cfg, device), n_samples, seed, first_index, "ns3d velocity", progress)
     params = {"equation": "ns3d", **cfg.to_dict(), "seed": seed, "first_index": first_index,
               "n_samples": n_samples, "domain": "[0, 2pi)^3 periodic",
               "field": "velocity (sample, frame, x, y, z, component)",
