@@ -66,6 +66,20 @@ def test_bad_input_fails_before_any_work(tmp_path):
         shards.load_shards(out)
 
 
+def test_loader_refuses_nan_and_wrong_shapes(tmp_path):
+    from safetensors.torch import save_file
+
+    shards.generate_shards("burgers", tmp_path, 2, quiet=True, grid=32, n_steps=2)
+    bad = torch.zeros(2, 2, 32)
+    bad[1, 0, 5] = float("nan")
+    save_file({"data": bad}, str(shards.shard_path(tmp_path, 0)))
+    with pytest.raises(ValueError, match="shard-00000.safetensors holds NaN or inf"):
+        shards.load_shards(tmp_path)
+    save_file({"data": torch.zeros(2, 3, 32)}, str(shards.shard_path(tmp_path, 0)))
+    with pytest.raises(ValueError, match=r"holds shape \(2, 3, 32\), the sidecar says \(2, 2, 32\)"):
+        shards.load_shards(tmp_path)
+
+
 def test_blow_up_names_the_setting_and_keeps_no_partial_shard(tmp_path):
     with pytest.raises(ValueError, match="blew up.*dt = 0.5"):
         shards.generate_shards("ns2d", tmp_path, 1, quiet=True, grid=16, forcing_wavenumber=4,

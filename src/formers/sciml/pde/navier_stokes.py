@@ -18,7 +18,10 @@ grid point (i, j) is at (2 pi i / N, 2 pi j / N). The forcing varies along the l
 
 Deviations from the reference (also in ``docs/papers.md``):
 * it runs directly on the training grid (64^2 or 128^2) with dt = 1/1024 (32 steps per frame),
-  not on 2048^2 with dt = 1e-4 subsampled to 256^2 (hours of GPU time); small scales are therefore less resolved;
+  not on 2048^2 with dt = 1e-4 subsampled to 256^2 (hours of GPU time); small scales are therefore
+  less resolved: at Re 1000 the enstrophy spectrum is flat from |k| ~ 12 to the cut-off (21) at
+  64^2, and falls about 60x from its peak to the cut-off (42) at 128^2, with a slight rise in the
+  last shells; at 64^2, nu = 4e-3 gives a comparable fall-off;
 * real FFTs (``rfft2``) instead of complex FFTs of a real field (same arithmetic, half the work);
 * the mean mode is not masked to zero: the scheme conserves it exactly (a test checks);
 * each sample draws its initial field from its own seeded generator (reproducible per sample,
