@@ -102,10 +102,16 @@ def test_generator_shape_params_and_per_sample_reproducibility():
     w, p = navier_stokes_2d(3, **kw)
     assert w.shape == (3, 3, 16, 16) and w.dtype == torch.float32 and torch.isfinite(w).all()
     assert p["equation"] == "ns2d" and p["seed"] == 5 and p["grid"] == 16 and p["nu"] == 1e-3
-    w1, p1 = navier_stokes_2d(1, first_index=2, **kw)  # sample 2 alone = sample 2 of the batch
+    frames, burn = [], []
+    w1, p1 = navier_stokes_2d(1, first_index=2, progress=frames.append, burn_progress=burn.append,
+                              **{**kw, "burn_in": 0.0})  # sample 2 alone = sample 2 of the batch
+    assert frames == [1, 1, 1] and burn == []
     assert p1["first_index"] == 2
     assert torch.allclose(w1[0], w[2], atol=1e-5)
     assert not torch.allclose(w[0], w[1])
+    burn = []
+    navier_stokes_2d(1, burn_progress=burn.append, **{**kw, "burn_in": 5 / 64})  # 2.5 frames
+    assert burn == [1, 1, 1]
 
 
 @pytest.mark.parametrize("field,value,match", [

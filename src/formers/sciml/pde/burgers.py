@@ -97,7 +97,8 @@ def burgers_1d(n_samples: int, *, grid: int = 256, length: float = 1.0, nu: floa
                burn_in: float = 0.0, alpha: float = 2.0, tau: float = 5.0, sigma: float = 25.0,
                seed: int = 0, first_index: int = 0, device: str | torch.device = "cpu",
                dtype: str = "float32",
-               progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+               progress: Callable[[int], None] | None = None,
+               burn_progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Burgers trajectories from GRF initial conditions (module docstring; FNO arXiv 2010.08895 §5.1).
 
     Returns ``(u, params)``: ``u`` float32 on the CPU of shape ``(n_samples, n_steps, grid)``
@@ -107,7 +108,8 @@ def burgers_1d(n_samples: int, *, grid: int = 256, length: float = 1.0, nu: floa
     """
     cfg = BurgersConfig(grid=grid, length=length, nu=nu, dt=dt, record_dt=record_dt, n_steps=n_steps,
                         burn_in=burn_in, alpha=alpha, tau=tau, sigma=sigma, dtype=dtype)
-    u = run(Burgers1D(cfg, device), n_samples, seed, first_index, "burgers u", progress)
+    u = run(Burgers1D(cfg, device), n_samples, seed, first_index, "burgers u",
+            progress, burn_progress)
     params = {"equation": "burgers", **cfg.to_dict(), "seed": seed, "first_index": first_index,
               "n_samples": n_samples, "domain": f"[0, {length:g}) periodic", "field": "u (sample, frame, x)",
               "source": "Fourier Neural Operator (arXiv 2010.08895) §5.1 Burgers data"}

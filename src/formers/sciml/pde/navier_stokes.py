@@ -162,7 +162,8 @@ def navier_stokes_2d(n_samples: int, *, grid: int = 64, nu: float = 1e-3, drag: 
                      dt: float = 1.0 / 1024, record_dt: float = 1.0 / 32, n_steps: int = 320,
                      burn_in: float = 2.0, alpha: float = 2.5, tau: float = 7.0, seed: int = 0,
                      first_index: int = 0, device: str | torch.device = "cpu", dtype: str = "float32",
-                     progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                     progress: Callable[[int], None] | None = None,
+                     burn_progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Kolmogorov-flow vorticity trajectories from Gaussian-random-field initial conditions.
 
     Solves the 2-D vorticity equation of the module docstring (FactFormer, arXiv 2305.17560, §4;
@@ -178,6 +179,8 @@ def navier_stokes_2d(n_samples: int, *, grid: int = 64, nu: float = 1e-3, drag: 
             (seed, first_index + i), so data sets can be generated in pieces.
         device: where to simulate ("cpu", "cuda", ...).
         progress: called with 1 after each saved frame (for progress bars).
+        burn_progress: called with 1 after each ``record_dt`` of burn-in (ceil(burn_in/record_dt)
+            calls; :func:`~formers.sciml.pde.run.burn_chunks`).
 
     Returns:
         ``(w, params)``: ``w`` float32 on the CPU of shape ``(n_samples, n_steps, grid, grid)``
@@ -192,7 +195,8 @@ def navier_stokes_2d(n_samples: int, *, grid: int = 64, nu: float = 1e-3, drag: 
     cfg = NS2DConfig(grid=grid, nu=nu, drag=drag, forcing_wavenumber=forcing_wavenumber,
                      forcing_amplitude=forcing_amplitude, dt=dt, record_dt=record_dt,
                      n_steps=n_steps, burn_in=burn_in, alpha=alpha, tau=tau, dtype=dtype)
-    w = run(Kolmogorov2D(cfg, device), n_samples, seed, first_index, "ns2d vorticity", progress)
+    w = run(Kolmogorov2D(cfg, device), n_samples, seed, first_index, "ns2d vorticity",
+            progress, burn_progress)
     return w, ns2d_params(cfg, seed, first_index, n_samples)
 
 

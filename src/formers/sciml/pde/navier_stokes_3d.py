@@ -178,7 +178,8 @@ def navier_stokes_3d(n_samples: int, *, grid: int = 32, nu: float = 0.03, forcin
                      forcing_k: float = 3.0, energy: float = 0.5, dt: float = 0.01,
                      record_dt: float = 0.1, n_steps: int = 100, burn_in: float = 2.0, seed: int = 0,
                      first_index: int = 0, device: str | torch.device = "cpu", dtype: str = "float32",
-                     progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                     progress: Callable[[int], None] | None = None,
+                     burn_progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Forced isotropic-turbulence velocity trajectories (module docstring) for ``n_samples``
     samples in one batch on ``device``.
 
@@ -195,7 +196,8 @@ def navier_stokes_3d(n_samples: int, *, grid: int = 32, nu: float = 0.03, forcin
     """
     cfg = NS3DConfig(grid=grid, nu=nu, forcing=forcing, forcing_k=forcing_k, energy=energy, dt=dt,
                      record_dt=record_dt, n_steps=n_steps, burn_in=burn_in, dtype=dtype)
-    u = run(Turbulence3D(cfg, device), n_samples, seed, first_index, "ns3d velocity", progress)
+    u = run(Turbulence3D(cfg, device), n_samples, seed, first_index, "ns3d velocity",
+            progress, burn_progress)
     params = {"equation": "ns3d", **cfg.to_dict(), "seed": seed, "first_index": first_index,
               "n_samples": n_samples, "domain": "[0, 2pi)^3 periodic",
               "field": "velocity (sample, frame, x, y, z, component)",

@@ -59,12 +59,28 @@ def steps_per(interval: float, dt: float, name: str) -> int:
     return n
 
 
+def burn_chunks(cfg: Any) -> int:
+    """How many progress ticks the burn-in gives: one per ``record_dt`` of burn-in (rounded up)."""
+    per, burn = steps_per(cfg.record_dt, cfg.dt, "record_dt"), steps_per(cfg.burn_in, cfg.dt, "burn_in")
+    return -(-burn // per)
+
+
 def simulate(solver, w0: torch.Tensor, n_steps: int, steps_per_frame: int, burn_steps: int,
-             what: str, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+             what: str, progress: Callable[[int], None] | None = None,
+             burn_progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Run ``solver`` (``to_spectral``/``step``/``to_physical``/``hint``) from physical ``w0``: ``burn_steps``
-    steps, then ``n_steps`` frames ``steps_per_frame`` apart. Returns (batch, n_steps, *field) float32
-    on the CPU; BlowUpError (a ValueError) at the first non-finite frame."""
-    w_hat = solver.step(solver.to_spectral(w0), burn_steps)
+    steps, then ``n_steps`` frames ``steps_per_frame`` apart. ``progress(1)`` is called after each
+    saved frame, ``burn_progress(1)`` after each ``steps_per_frame`` steps of burn-in. Returns
+    (batch, n_steps, *field) float32 on the CPU; BlowUpError (a ValueError) at the first
+    non-finite frame."""
+    w_hat = solver.to_spectral(w0)
+    done = 0
+    while done < burn_steps:
+        k = min(steps_per_frame, burn_steps - done)
+        w_hat = solver.step(w_hat, k)
+        done += k
+        if burn_progress is not None:
+            burn_progress(1)
     frames = []
     for t in range(n_steps):
         if t:
@@ -78,7 +94,8 @@ def simulate(solver, w0: torch.Tensor, n_steps: int, steps_per_frame: int, burn_
 
 
 def run(solver, n_samples: int, seed: int, first_index: int, what: str,
-        progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        progress: Callable[[int], None] | None = None,
+        burn_progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Check ``n_samples``, draw the initial fields of samples ``first_index ...`` from ``seed`` and
     :func:`simulate` ``solver.cfg``'s burn-in and frames: (n_samples, n_steps, *field) float32, CPU."""
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
@@ -86,4 +103,4 @@ def run(solver, n_samples: int, seed: int, first_index: int, what: str,
     c = solver.cfg
     return simulate(solver, solver.initial(n_samples, seed, first_index), c.n_steps,
                     steps_per(c.record_dt, c.dt, "record_dt"), steps_per(c.burn_in, c.dt, "burn_in"),
-                    what, progress)
+                    what, progress, burn_progress)

@@ -29,6 +29,7 @@ from formers.atomic import atomic_write, write_json
 from formers.sciml.pde.burgers import BurgersConfig, burgers_1d
 from formers.sciml.pde.navier_stokes import NS2DConfig, navier_stokes_2d
 from formers.sciml.pde.navier_stokes_3d import NS3DConfig, navier_stokes_3d
+from formers.sciml.pde.run import burn_chunks
 
 FORMAT = "formers-pde-shards"
 VERSION = 1
@@ -123,17 +124,18 @@ def generate_shards(equation: str, out: str | Path, n_samples: int, *, seed: int
     else:
         write_json(meta_file, meta)
     _, generate = GENERATORS[equation]
-    size, n_frames = meta["shard_size"], meta["params"]["n_steps"]
+    size = meta["shard_size"]
+    ticks = meta["params"]["n_steps"] + burn_chunks(GENERATORS[equation][0].from_dict(meta["params"]))
     todo = [i for i in range(meta["n_shards"]) if not shard_path(folder, i).is_file()]
     with _progress(quiet) as bar:
         task = bar.add_task(f"{equation} {'x'.join(map(str, meta['sample_shape'][1:]))}",
-                            total=n_samples * n_frames)
-        bar.update(task, completed=(n_samples - sum(_count(meta, i) for i in todo)) * n_frames)
+                            total=n_samples * ticks)
+        bar.update(task, completed=(n_samples - sum(_count(meta, i) for i in todo)) * ticks)
         for i in todo:
             count = _count(meta, i)
+            tick = lambda k, c=count: bar.advance(task, k * c)  # noqa: E731
             data, shard_params = generate(count, seed=seed, first_index=i * size, device=dev,
-                                          progress=lambda k, c=count: bar.advance(task, k * c),
-                                          **meta["params"])
+                                          progress=tick, burn_progress=tick, **meta["params"])
             _write_shard(shard_path(folder, i), data, {**meta, "shard": i, "first_index": i * size,
                                                        "generator": shard_params})
     return meta
@@ -168,7 +170,8 @@ class _Quiet:
 
 
 def _progress(quiet: bool):
-    """A rich progress bar on stderr (frames done of total, frames/s, elapsed, ETA), or nothing."""
+    """A rich progress bar on stderr, or nothing. It counts trajectory frames of all samples, the
+    burn-in as one frame per ``record_dt``: done of total, frames/s, elapsed, ETA."""
     if quiet:
         return _Quiet()
     from rich.console import Console
