@@ -67,6 +67,19 @@ def test_laminar_kolmogorov_state_is_steady():
     assert (w_wrong + w_s).abs().max() > 0.1
 
 
+def test_advection_term_hand_case():
+    """w = cos x + cos 2y: psi = cos x + cos(2y)/4, u = psi_y = -sin(2y)/2, v = -psi_x = sin x, so
+    -(u w_x + v w_y) = -(sin(2y) sin(x)/2 - 2 sin x sin 2y) = 1.5 sin x sin 2y (forcing off)."""
+    s = Kolmogorov2D(NS2DConfig(grid=16, forcing_wavenumber=0, dtype="float64"))
+    x, y = grid_xy(16)
+    w = (torch.cos(x) + torch.cos(2 * y))[None]
+    got = s.to_physical(s.nonlinear(s.to_spectral(w)))
+    assert torch.allclose(got[0], 1.5 * torch.sin(x) * torch.sin(2 * y), atol=1e-12)
+    forced = Kolmogorov2D(NS2DConfig(grid=16, forcing_wavenumber=4, forcing_amplitude=3.0, dtype="float64"))
+    got = forced.to_physical(forced.nonlinear(forced.to_spectral(w)))
+    assert torch.allclose(got[0], 1.5 * torch.sin(x) * torch.sin(2 * y) - 3 * torch.cos(4 * y), atol=1e-12)
+
+
 def test_velocity_from_stream_function_is_divergence_free_and_has_curl_w():
     s = Kolmogorov2D(NS2DConfig(grid=32, dtype="float64"))
     w_hat = s.to_spectral(s.initial(2, seed=1)) * s.mask  # band-limited

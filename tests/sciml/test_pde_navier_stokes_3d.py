@@ -46,6 +46,20 @@ def test_single_mode_energy_follows_analytic_viscous_decay():
     assert (s.to_physical(u_hat) - math.exp(-nu * 5 * t) * u0).abs().max() < 1e-6
 
 
+def test_nonlinear_term_hand_case():
+    """u = (sin 2y, sin x, 0): (u . grad) u = (2 sin x cos 2y, cos x sin 2y, 0), not a gradient; its
+    projection onto divergence-free fields (modes (1, +-2): P a = a - k (k . a) / 5) is
+    (6/5 sin x cos 2y, -3/5 cos x sin 2y, 0), and the solver's term is minus that."""
+    s = solver()
+    x = torch.arange(16, dtype=torch.float64) * (2 * math.pi / 16)
+    X, Y, _ = torch.meshgrid(x, x, x, indexing="ij")
+    u = torch.stack([torch.sin(2 * Y), torch.sin(X), torch.zeros_like(X)], dim=-1)[None]
+    got = s.to_physical(s.nonlinear(s.to_spectral(u)))[0]
+    want = torch.stack([-1.2 * torch.sin(X) * torch.cos(2 * Y), 0.6 * torch.cos(X) * torch.sin(2 * Y),
+                        torch.zeros_like(X)], dim=-1)
+    assert torch.allclose(got, want, atol=1e-12)
+
+
 def test_forcing_keeps_the_energy_constant_while_the_flow_evolves():
     s = solver(nu=0.05, dt=0.02, energy=0.7)
     u_hat = s.to_spectral(s.initial(2, seed=1))
