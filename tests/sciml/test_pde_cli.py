@@ -32,3 +32,19 @@ def test_data_pde_bad_input(tmp_path, capsys):
     assert "unknown equation 'kdv'" in capsys.readouterr().err
     assert main(["data", "pde", "--nu", "0.1", "--opt", "nu=0.2", "--out", out]) == 2
     assert "also given as flags" in capsys.readouterr().err
+
+
+def test_generation_benchmark_smoke(tmp_path):
+    """benchmarks/pde_generation.py --smoke runs every equation and writes its JSON."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "pde_generation.py"
+    spec = importlib.util.spec_from_file_location("pde_generation", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "pde_generation-cpu-smoke.json").read_text())["rows"]
+    assert [r["equation"] for r in rows] == ["ns2d", "ns3d", "burgers"]
+    assert all(r["sample_steps_per_s"] > 0 for r in rows)
