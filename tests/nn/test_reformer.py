@@ -56,8 +56,9 @@ def test_one_bucket_and_one_chunk_is_full_shared_qk_attention(causal):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("chunk", [1, 3, 5])
+@pytest.mark.parametrize("chunk", [1, 3, 5, 64])
 def test_chunked_fast_path_equals_dense_reference(causal, chunk):
+    """chunk = 64 exceeds every bucket: the fast path shrinks its chunk to the largest bucket."""
     torch.manual_seed(chunk)
     m = ReformerAttention(CFG, n_buckets=4, n_hashes=3, chunk=chunk, seed=chunk)
     qk, v = rand(23, seed=chunk)
@@ -66,9 +67,14 @@ def test_chunked_fast_path_equals_dense_reference(causal, chunk):
     bk = m.buckets(qk, mask)
     assert bk.shape == (2, 2, 3, 23) and int(bk[1, :, :, 17:].min()) == 4   # padding: own bucket
     pos = torch.arange(23)
+    qk.requires_grad_(True)
     got = lsh_attention(qk, v, pos, bk, chunk, causal)
     want = lsh_reference(qk, v, pos, bk, chunk, causal, mask)
     torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    w = torch.randn(got.shape, dtype=got.dtype) * mask[:, None, :, None]
+    g_fast, = torch.autograd.grad((got * w).sum(), qk)
+    g_ref, = torch.autograd.grad((want * w).sum(), qk)
+    torch.testing.assert_close(g_fast, g_ref, atol=1e-10, rtol=0)
 
 
 def test_bucket_chunks_by_hand():

@@ -79,24 +79,35 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, buckets:
                   chunk: int, causal: bool) -> torch.Tensor:
     """Chunked LSH attention (fast path). qk, v: (batch, heads, T, d) (shared query-keys, unnormalised);
     pos: (T,) absolute positions; buckets: (batch, heads, R, T), padded tokens in a bucket of their
-    own (the largest id). Returns (batch, heads, T, d)."""
+    own (the largest id). Returns (batch, heads, T, d).
+
+    Layout: per (batch, head, round) the tokens are sorted by (bucket, position) and laid out in
+    slots, each bucket starting a new chunk, so a chunk holds one bucket only; chunk c attends to
+    slot chunks c - 1 and c (masked to its own bucket). Costs are kept to the real work: when no
+    bucket has more than ``chunk`` members the chunk length shrinks to the largest bucket (every
+    token is then in chunk 0 of its bucket either way, so the result is the same), the number of
+    slot chunks is the largest actual total, and the masks are built per chunk (bucket) and per
+    slot pair (self) instead of per score.
+    """
     b, h, t, d = qk.shape
     r = buckets.shape[2]
     acc = torch.promote_types(qk.dtype, torch.float32)
     g = b * h * r
-    nb = int(buckets.max()) + 1
     bk = buckets.reshape(g, t)
     dev = qk.device
+    nb = int(bk.max()) + 1
+    counts = torch.zeros(g, nb, dtype=torch.long, device=dev).scatter_add_(1, bk, torch.ones_like(bk))
+    chunk = max(1, min(chunk, int(counts.max())))                        # same result, less padding
     # sort by (bucket, position); rank within the bucket; slot = bucket's first slot + rank
     order = torch.argsort(bk * t + torch.arange(t, device=dev), dim=-1)
     sb = bk.gather(1, order)
-    counts = torch.zeros(g, nb, dtype=torch.long, device=dev).scatter_add_(1, bk, torch.ones_like(bk))
     start = counts.cumsum(1) - counts
     rank = torch.arange(t, device=dev) - start.gather(1, sb)
     n_chunks = (counts + chunk - 1) // chunk
-    slot_start = chunk * (n_chunks.cumsum(1) - n_chunks)
+    total = n_chunks.cumsum(1)
+    slot_start = chunk * (total - n_chunks)
     slot = slot_start.gather(1, sb) + rank                               # (g, t) per sorted token
-    nc = min(t, t // chunk + nb + 1)                                     # >= sum of chunks, all g
+    nc = int(total[:, -1].max())                                         # slot chunks, all g
     length = nc * chunk
     # token at each slot (t = an empty slot, pointing at a dummy row appended below); one extra
     # chunk of dummies in front is the "previous chunk" of the first one
@@ -111,25 +122,33 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, buckets:
 
     sq = slots(qk.to(acc), 0.0)                                          # (g, chunk+L, d)
     sv = slots(v.to(acc), 0.0)
-    sp = slots(pos.expand(b, h, t), -1)                                  # (g, chunk+L)
     sbk = torch.cat([bk, torch.full_like(bk[:, :1], -1)], 1).gather(1, tok)
-    q = sq[:, chunk:].reshape(g, nc, chunk, d)
-    qp, qb = sp[:, chunk:].reshape(g, nc, chunk), sbk[:, chunk:].reshape(g, nc, chunk)
+    q = sq[:, chunk:].reshape(g, nc, chunk, d) / math.sqrt(d)           # scale the small factor
     kn = sq / sq.norm(dim=-1, keepdim=True).clamp(min=1e-12)             # normalised keys
 
     def window(x: torch.Tensor) -> torch.Tensor:  # (g, chunk+L, ...) -> (g, nc, 2 chunk, ...)
         w = x.unfold(1, 2 * chunk, chunk)                                # window dim last
         return w.movedim(-1, 2) if x.dim() == 3 else w
 
-    k, vv, kp, kb = window(kn), window(sv), window(sp), window(sbk)
-    s = torch.einsum("gncd,gnkd->gnck", q, k) / math.sqrt(d)
-    s = torch.where(qp[..., None] == kp[..., None, :], torch.full_like(s, SELF_SCORE), s)
-    allowed = (qb[..., None] == kb[..., None, :]) & (kb[..., None, :] >= 0)
+    k, vv, kb = window(kn), window(sv), window(sbk)
+    s = torch.einsum("gncd,gnkd->gnck", q, k)
+    # a chunk holds one bucket: the bucket of its first slot (-1 for an all-empty chunk)
+    qb = sbk[:, chunk:].reshape(g, nc, chunk)[..., :1]                   # (g, nc, 1)
+    allowed = ((kb == qb) & (kb >= 0))[:, :, None, :]                    # (g, nc, 1, 2 chunk)
     if causal:
-        allowed = allowed & (kp[..., None, :] <= qp[..., None])
-    s = s.masked_fill(~allowed, torch.finfo(acc).min)
+        sp = slots(pos.expand(b, h, t), -1)                              # (g, chunk+L)
+        qp = sp[:, chunk:].reshape(g, nc, chunk)
+        allowed = allowed & (window(sp)[..., None, :] <= qp[..., None])
+    # query i of a chunk sits at window slot chunk + i: that pair is the token itself, always kept
+    # (so no row is empty: an empty slot sees its empty self, a zero value, and is dropped). One
+    # additive bias (no gradient) carries both masks: -1e5 on that pair, -inf where not allowed
+    # (-inf, not the dtype's min: exp of huge negative finite numbers takes the slow underflow
+    # path of the CPU exp kernel; both give exact zeros)
+    own = torch.arange(chunk, device=dev)[:, None] + chunk == torch.arange(2 * chunk, device=dev)
+    bias = torch.zeros(own.shape, dtype=acc, device=dev).masked_fill(own, SELF_SCORE)
+    s = s + bias.masked_fill(~(allowed | own), float("-inf"))
     lse = torch.logsumexp(s, dim=-1)                                     # (g, nc, chunk)
-    out = torch.exp(s - lse[..., None]) @ vv                             # (g, nc, chunk, d)
+    out = torch.softmax(s, dim=-1) @ vv                                  # (g, nc, chunk, d)
     # back to token order: the slot of token i
     slot_of = torch.empty_like(slot).scatter_(1, order, slot)            # (g, t)
     out = out.reshape(g, length, d).gather(1, slot_of[..., None].expand(-1, -1, d))
