@@ -28,7 +28,7 @@ they are imported inside the functions and a missing one raises ImportError nami
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
