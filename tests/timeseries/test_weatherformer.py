@@ -242,3 +242,22 @@ def test_task_options_are_checked_before_work(tmp_path):
         WeatherPretrainTask(max_masked=9, **SMALL)
     with pytest.raises(ValueError, match="time_encoding"):
         WeatherPretrainTask(time_encoding="hourly", **SMALL)
+
+
+def test_observed_variables_hide_the_others_for_every_arm():
+    """``observed``: the downstream data lacks the other variables; they are fed as masked, so a
+    change in them cannot change a prediction (scratch model here; the same path serves init)."""
+    ft = WeatherFinetuneTask(seed=0, n_labelled=8, observed="PRECTOT,T2M_MAX", **SMALL)
+    assert ft.options["observed"] == ["T2M_MAX", "PRECTOT"]
+    batch = ft.train_batch(0, 0, 4)
+    assert batch["mask"].tolist()[0] == [v not in ("T2M_MAX", "PRECTOT") for v in W.VARIABLES]
+    model = ft.build_model(ft.model_config()).eval()
+    args = [batch[k] for k in ("x", "time", "coords", "mask")]
+    out = model(*args)
+    x2 = batch["x"].clone()
+    x2[:, :, 1] += 5.0  # T2M_MIN, not observed
+    assert torch.equal(model(x2, *args[1:]), out)
+    x2[:, :, 0] += 5.0  # T2M_MAX, observed
+    assert not torch.equal(model(x2, *args[1:]), out)
+    with pytest.raises(ValueError, match="observed must name"):
+        WeatherFinetuneTask(observed=["RAIN"], **SMALL)

@@ -6,6 +6,7 @@ and downstream fine-tuning on the generated seasonal weather set
     formers train weather-finetune --opt init=runs/wf-pre --opt n_labelled=64 --out runs/wf-ft
     formers train weather-finetune --opt n_labelled=64 --out runs/wf-scratch      # from scratch
     formers train weather-finetune --opt init=runs/wf-pre --opt freeze=true ...   # frozen encoder
+    formers train weather-finetune --opt init=runs/wf-pre --opt observed=T2M_MAX,T2M_MIN,PRECTOT ...
 
 ``init`` takes a run folder of ``weather-pretrain`` (its ``best/`` weights if it kept any, else
 its latest checkpoint) or any saved weather model folder (``config.json`` + ``model.safetensors``);
@@ -19,7 +20,9 @@ week (the last ``val_years`` years held out), each with its own random set of k 
 task description). Validation: ``val_windows`` fixed windows and masks from the held-out years.
 
 Fine-tuning: one calendar year (52 weeks from Jan 1) of a crop location -> the yield proxy
-(standardised). The labelled training set is the first ``n_labelled`` rows of the shuffled pool;
+(standardised); with ``observed`` only those variables are given and the others are fed as
+masked (the paper fine-tunes its 31-variable encoder on 6-variable yield data this way). The
+labelled training set is the first ``n_labelled`` rows of the shuffled pool;
 validation (64) and test (256) rows are fixed by the data seed. Metrics: ``val_mse``, ``val_r2``,
 ``test_mse``, ``test_r2`` (R² = 1 - SSE/SST over the split); early stopping and the best
 evaluation use ``val_mse``; ``metric`` (what compare tabulates) is ``test_mse``.
@@ -232,7 +235,10 @@ class WeatherFinetuneTask(_WeatherTask):
 
     Options: ``n_labelled`` labelled training rows (<= the pool), ``init`` (pretrained weights,
     None = from scratch), ``freeze`` (train the head only), ``time_encoding`` (None = the init
-    model's, else ``calendar``), and the data options. Raises ValueError / FileNotFoundError for a
+    model's, else ``calendar``), ``observed`` (the variables the downstream data has, a list or
+    comma string of :data:`~formers.timeseries.weather_data.VARIABLES` names; the others are fed
+    as masked, the paper's setting of a few-variable downstream set; None = all), and the data
+    options. Raises ValueError / FileNotFoundError for a
     bad option or a missing/mismatched init before any training.
     """
 
@@ -242,8 +248,15 @@ class WeatherFinetuneTask(_WeatherTask):
     default_models = ("weatherformer-regressor",)
 
     def __init__(self, seed: int = 0, n_labelled: int = 64, init: str | None = None, freeze: bool = False,
-                 time_encoding: str | None = None, n_archive: int = 48, n_crop: int = 32, n_years: int = 20,
-                 data_seed: int = 0) -> None:
+                 time_encoding: str | None = None, observed: list[str] | None = None, n_archive: int = 48,
+                 n_crop: int = 32, n_years: int = 20, data_seed: int = 0) -> None:
+        if observed is not None:
+            if isinstance(observed, str):
+                observed = [v.strip() for v in observed.split(",")]
+            bad = [v for v in observed if v not in W.VARIABLES]
+            if bad or not observed:
+                raise ValueError(f"weather-finetune: observed must name some of {list(W.VARIABLES)}, got {observed!r}")
+            observed = [v for v in W.VARIABLES if v in observed]
         if not isinstance(freeze, bool):
             raise ValueError(f"weather-finetune: freeze must be true or false, got {freeze!r}")
         if freeze and init is None:
@@ -270,16 +283,17 @@ class WeatherFinetuneTask(_WeatherTask):
                              f"max_seq_len {self.encoder_cfg.max_seq_len}; the task needs {len(W.VARIABLES)} "
                              f"and >= {W.WEEKS}")
         self.options = {"n_labelled": n_labelled, "init": None if init is None else str(init), "freeze": freeze,
-                        "time_encoding": time_encoding, "n_archive": n_archive, "n_crop": n_crop,
+                        "time_encoding": time_encoding, "observed": observed, "n_archive": n_archive, "n_crop": n_crop,
                         "n_years": n_years, "data_seed": data_seed}
         self.time_encoding = time_encoding
         t = torch.from_numpy(step_times(W.WEEKS, time_encoding))
+        hidden = torch.tensor([observed is not None and v not in observed for v in W.VARIABLES])
         self.splits = {}
         for name, part in self.data.labelled.items():
             rows = slice(0, n_labelled) if name == "train" else slice(None)
             x = torch.from_numpy(part["x"][rows])
             self.splits[name] = {"x": x, "time": t.expand(x.shape[0], -1), "coords": torch.from_numpy(part["coords"][rows]),
-                                 "y": torch.from_numpy(part["y"][rows])}
+                                 "mask": hidden.expand(x.shape[0], -1), "y": torch.from_numpy(part["y"][rows])}
         self._perm_key, self._perm = None, None
 
     def model_config(self, variant: str = "weatherformer-regressor") -> WeatherRegressorConfig:
@@ -316,7 +330,7 @@ class WeatherFinetuneTask(_WeatherTask):
         return {k: v[rows] for k, v in self.splits["train"].items()}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        pred = model(batch["x"], batch["time"], batch["coords"])[:, 0]
+        pred = model(batch["x"], batch["time"], batch["coords"], batch["mask"])[:, 0]
         return F.mse_loss(pred.float(), batch["y"].float())
 
     @torch.no_grad()
@@ -325,7 +339,7 @@ class WeatherFinetuneTask(_WeatherTask):
         s = self.splits[split]
         out = []
         for i in range(0, s["y"].shape[0], batch_size):
-            out.append(model(*(s[k][i:i + batch_size].to(device) for k in ("x", "time", "coords")))[:, 0].float().cpu())
+            out.append(model(*(s[k][i:i + batch_size].to(device) for k in ("x", "time", "coords", "mask")))[:, 0].float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()

@@ -238,8 +238,10 @@ class WeatherRegressorConfig(Config):
 class WeatherRegressor(nn.Module):
     """Downstream regression on a WeatherFormer encoder.
 
-    ``forward(x, time, coords)``: x (batch, seq_len, n_vars), time (batch, seq_len), coords
-    (batch, 2) -> (batch, n_outputs). ``load_encoder(folder)`` copies the encoder weights of a
+    ``forward(x, time, coords, var_mask=None)``: x (batch, seq_len, n_vars), time (batch, seq_len),
+    coords (batch, 2), var_mask (batch, n_vars) bool, True = a variable the downstream data lacks
+    (fed as masked, as the paper feeds its 6-variable yield data to the 31-variable encoder)
+    -> (batch, n_outputs). ``load_encoder(folder)`` copies the encoder weights of a
     saved WeatherFormer (or WeatherRegressor) whose encoder config equals this one's.
     With ``freeze_encoder`` the encoder has ``requires_grad = False`` and stays in eval mode.
     """
@@ -261,8 +263,9 @@ class WeatherRegressor(nn.Module):
             self.encoder.eval()
         return self
 
-    def forward(self, x: torch.Tensor, time: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        h = self.encoder.encode(x, time, coords)                       # (b, n, d)
+    def forward(self, x: torch.Tensor, time: torch.Tensor, coords: torch.Tensor,
+                var_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.encoder.encode(x, time, coords, var_mask)             # (b, n, d)
         if self.pool is None:
             z = h.mean(1)
         else:
