@@ -2,3 +2,5 @@
 
 Importing this package registers its parts and tasks (one import line per module below).
 """
+
+from formers.sciml.ode import task  # noqa: F401  (registers the "ode" task)

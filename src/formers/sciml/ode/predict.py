@@ -23,6 +23,7 @@ each; here the whole trajectory is one bag (``max_points`` caps it by uniform th
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -243,3 +244,31 @@ def refine_constants(system: Sequence[expr.Node], t: np.ndarray, x: np.ndarray,
 
     res = minimize(loss, np.asarray(start), method="BFGS", options={"maxiter": max_iter})
     return unpack(res.x)
+
+
+@dataclass
+class ODEFormerFitConfig(DecodeConfig):
+    """:class:`DecodeConfig` plus the model: ``model`` (a ``formers train ode`` run folder or a
+    model folder) and ``device``. The ODEBench harness's config for the ``odeformer`` entry."""
+
+    model: str = "runs/ode-odeformer-seed0"
+    device: str = "cpu"
+
+
+_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def odeformer_fit(t: np.ndarray, x: np.ndarray, cfg: ODEFormerFitConfig | None = None) -> System:
+    """``fit(t, x) -> system`` with a trained ODEFormer (the form of
+    :func:`formers.sciml.ode.odebench.run_benchmark`); the model is loaded once per (folder,
+    device). Raises ValueError when no candidate parses (the harness scores that 0)."""
+    from formers.sciml.ode.fit import load_fit_model
+
+    cfg = cfg or ODEFormerFitConfig()
+    key = (str(Path(cfg.model).resolve()), cfg.device)
+    if key not in _MODELS:
+        _MODELS[key] = load_fit_model(cfg.model)[0].to(cfg.device)
+    fit = fit_system(_MODELS[key], t, x, cfg)
+    if fit.system is None:
+        raise ValueError("ODEFormer: no decoded candidate parsed into a system of the right dimension")
+    return fit.system

@@ -1,0 +1,69 @@
+"""The ``ode`` task: registered, deterministic batches, cross-entropy on the prefix tokens, its
+evaluation, option errors, and the held-out split of the smoke family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from formers import registry
+from formers.sciml.ode import codec, laws, tokens
+from formers.sciml.ode.model import variant_config
+from formers.sciml.ode.task import ODETask
+
+
+@pytest.fixture(scope="module")
+def task():
+    return ODETask(seed=0, family="laws", pool_size=64, eval_size=8, eval_decode=4)
+
+
+def test_registered_and_options_checked():
+    import formers.sciml  # noqa: F401  (registers)
+
+    assert registry.get("task", "ode").obj is ODETask
+    with pytest.raises(ValueError, match="family"):
+        ODETask(family="bogus")
+    with pytest.raises(ValueError, match="pool_size"):
+        ODETask(family="laws", pool_size=0)
+    with pytest.raises(ValueError, match="subsample"):
+        ODETask(family="laws", subsample=1.0)
+    with pytest.raises(ValueError, match="not a folder"):
+        ODETask(data="/nonexistent/shards")
+
+
+def test_smoke_family_holds_out_whole_systems(task):
+    def lead(sample):  # the leading constant a: the first float in the prefix tokens
+        toks = sample["tokens"]
+        i = next(i for i, w in enumerate(toks) if w in codec.SIGNS)
+        return codec.decode_float(toks[i:i + 3])
+
+    assert not any(laws.is_held_out(lead(s)) for s in task.pool)
+    assert all(laws.is_held_out(lead(s)) for s in task.val)
+    assert {s["tokens"][0] for s in task.val} == {"mul", "add"}  # both laws among the held-out
+
+
+def test_batches_are_deterministic_and_loss_is_prefix_cross_entropy(task):
+    model = task.build_model(variant_config("odeformer-tiny", max_dimension=1, max_output_len=32))
+    a, b = task.train_batch(3, 0, 5), task.train_batch(3, 0, 5)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(task.train_batch(4, 0, 5)["tgt"], a["tgt"]) or not torch.equal(
+        task.train_batch(4, 0, 5)["points"], a["points"])
+    assert a["points"].shape[-1] == 6 and a["mask"].dtype == torch.bool
+    assert (a["tgt"][:, 0] == tokens.BOS).all()
+    loss = task.loss(model, a)
+    # by hand: mean token NLL over the non-pad targets
+    logits = model(a["points"], a["tgt"][:, :-1], a["mask"])
+    y = a["tgt"][:, 1:]
+    nll = -torch.log_softmax(logits, -1).gather(-1, y[..., None])[..., 0]
+    assert loss.item() == pytest.approx(nll[y != tokens.PAD].mean().item(), rel=1e-5)
+    assert task.tokens_per_batch(a) == int((y != tokens.PAD).sum())
+    out = task.evaluate(model, 1, 4, torch.device("cpu"))
+    assert {"r2_acc", "parse_rate", "val_loss", "token_acc"} <= set(out) and 0 <= out["r2_acc"] <= 1
+
+
+def test_model_must_fit_the_task(task):
+    with pytest.raises(ValueError, match="max_output_len"):
+        task.build_model(variant_config("odeformer-tiny", max_dimension=1, max_output_len=8))
+    with pytest.raises(ValueError, match="vocabularies"):
+        task.build_model(variant_config("odeformer-tiny", max_dimension=1).replace(max_dimension=2))
