@@ -144,8 +144,10 @@ def test_capture_does_not_change_outputs_and_records():
         a = m(x)
         core.CALLS.clear()
         b = m(x, capture=cap)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert core.CALLS.get("sdpa", 0) == 0
+    # the output still comes from the usual (SDPA) path, so it is unchanged bit for bit; the
+    # explainer's view comes from one extra reference-path call per layer
+    assert torch.equal(a, b)
+    assert core.CALLS.get("reference", 0) == 2
     assert cap["layer1.attn.weights"].shape == (2, 4, 7, 7)
     assert {"embed.tok", "logits", "layer0.resid"} <= set(cap)
 

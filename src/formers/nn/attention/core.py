@@ -30,6 +30,10 @@ CALLS: Counter[str] = Counter()
 FLEX_MIN_Q = 128
 # dynamo graphs kept for the compiled flex_attention (see _flex_attend)
 FLEX_RECOMPILE_LIMIT = 64
+# torch.compile backend of the flex path on CPU ("" = flex's eager form); CUDA always compiles
+# with inductor. "eager" / "aot_eager" / "inductor" exercise the compiled path and its
+# recompilations on CPU (forward only: compiled CPU flex has no backward in torch 2.13).
+FLEX_CPU_COMPILE = ""
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> torch.Tensor:
@@ -134,16 +138,19 @@ def _flex_attend(q, k, v, *, causal, bias, key_mask, pattern, q_pos, k_pos, scal
 
         def score_mod(score, b, hh, i, j):
             return score + full_bias[b, hh, i, j]
-    if q.is_cuda:
-        if "compiled" not in _FLEX:
+    compile_backend = "inductor" if q.is_cuda else FLEX_CPU_COMPILE
+    if compile_backend:
+        key = ("compiled", compile_backend)
+        if key not in _FLEX:
             # flex_attention is one code object for every pattern, grad mode and length that
             # reaches it, and dynamo keeps 8 graphs per code object by default; past that it
             # silently runs flex's unfused form, which materialises the scores (seen on the H200
             # in a sweep over mixers). Raise the limit once, for the whole process.
             dyn = torch._dynamo.config
             dyn.recompile_limit = max(dyn.recompile_limit, FLEX_RECOMPILE_LIMIT)
-            _FLEX["compiled"] = torch.compile(_FLEX["eager"])  # dynamic after a shape change
-        fn = _FLEX["compiled"]
+            # dynamic after a shape change
+            _FLEX[key] = torch.compile(_FLEX["eager"], backend=compile_backend)
+        fn = _FLEX[key]
     else:  # flex's unfused eager form (materialises the scores): for tests on CPU
         fn = _FLEX["eager"]
     return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
@@ -168,6 +175,7 @@ def attend(
     dropout_p: float = 0.0,
     backend: str = "auto",
     return_weights: bool = False,
+    stages: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention softmax(q k^T * scale + bias + mask) v.
 
@@ -186,6 +194,11 @@ def attend(
         backend: ``auto`` (SDPA unless weights are requested; FlexAttention for a pattern on CUDA,
             see :func:`choose_path`), ``sdpa`` (dense masks), ``flex`` or ``reference``.
         return_weights: also return the (batch, n_heads, q_len, k_len) probabilities (reference).
+        stages: a dict that the reference path fills (for the explainer) with the steps from
+            scores to probabilities, each (batch, n_heads, q_len, k_len): ``raw`` = q k^T,
+            ``scaled`` = raw * scale, ``biased`` = scaled + bias (only with a bias), ``masked``
+            (-inf where a key may not be seen: causal mask, pattern, padding) and ``softmax``.
+            Needs ``return_weights=True`` (the reference path).
     Returns:
         (out, weights): out is (batch, n_heads, q_len, head_dim); weights is None unless asked.
     Raises:
@@ -207,6 +220,8 @@ def attend(
     h, hkv = q.shape[1], k.shape[1]
     if h % hkv:
         raise ValueError(f"attend: n_kv_heads = {hkv} must divide n_heads = {h}")
+    if stages is not None and not return_weights:
+        raise ValueError("attend: stages are filled by the reference path; pass return_weights=True")
     if backend in ("sdpa", "flex") and return_weights:
         raise ValueError(f"attend: backend={backend!r} cannot return attention weights; use 'reference'")
     if hkv != h:
@@ -256,14 +271,21 @@ def attend(
     if not torch.compiler.is_compiling():
         CALLS["reference"] += 1
     acc = torch.promote_types(q.dtype, torch.float32)  # fp32 at least, float64 kept
-    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
+    raw = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2))
+    scores = raw * scale
+    if stages is not None:
+        stages.update(raw=raw, scaled=scores)
     if bias is not None:
         scores = scores + bias.to(acc)
+        if stages is not None:
+            stages["biased"] = scores
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     if allowed is not None:  # a query that may see no key gets zeros (as SDPA does), not NaN
         weights = weights.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
+    if stages is not None:
+        stages.update(masked=scores.expand_as(weights), softmax=weights)
     p = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
     out = torch.matmul(p, v.to(acc)).to(q.dtype)
     return out, (weights if return_weights else None)

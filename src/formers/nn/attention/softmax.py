@@ -121,16 +121,19 @@ class SoftmaxAttention(nn.Module):
                 q, k = ctx.position.rotate(q, pos), ctx.position.rotate(k, pos)
             k, v, k_pos, bias = self_attention_keys(k, v, pos, ctx, cache)
             pattern = self.attention_pattern(ctx, k.shape[-2])
-        capture = ctx.capture is not None
-        out, w = attend(
-            q, k, v, causal=causal, bias=bias, key_mask=key_mask, pattern=pattern, q_pos=pos, k_pos=k_pos,
-            dropout_p=self.dropout if self.training else 0.0,
-            backend="reference" if capture else self.backend, return_weights=capture,
-        )
-        if capture:
+        args = dict(causal=causal, bias=bias, key_mask=key_mask, pattern=pattern, q_pos=pos, k_pos=k_pos)
+        out, _ = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                        backend=self.backend, **args)
+        if ctx.capture is not None:
+            # the explainer's view comes from a second, reference-path call, so that capturing
+            # leaves the output (computed above on the usual path) bit-for-bit unchanged
+            stages: dict[str, torch.Tensor] = {}
+            _, w = attend(q, k, v, backend="reference", return_weights=True, stages=stages, **args)
             tag = "cross" if self.cross else "attn"
             ctx.record(f"{tag}.q", q)
             ctx.record(f"{tag}.k", k)
             ctx.record(f"{tag}.v", v)
             ctx.record(f"{tag}.weights", w)
+            for name, value in stages.items():
+                ctx.record(f"{tag}.{name}", value)
         return self.o(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
