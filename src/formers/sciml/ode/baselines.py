@@ -236,8 +236,11 @@ BASELINES: dict[str, tuple[Callable, type]] = {"sindy": (sindy_fit, SINDyConfig)
 def get_baseline(name: str, **options) -> Callable[[np.ndarray, np.ndarray], tuple[expr.Node, ...]]:
     """``fit(t, x) -> system`` for baseline ``name`` (``sindy``, ``gplearn``) with config options.
 
+    The library is imported here, so a missing extra fails before any work and its import time
+    is not charged to the first fit.
+
     Raises:
-        ValueError: unknown name or option.
+        ValueError: unknown name or option. ImportError: the baseline's package is missing.
     """
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; available: {sorted(BASELINES)}")
@@ -247,6 +250,7 @@ def get_baseline(name: str, **options) -> Callable[[np.ndarray, np.ndarray], tup
     if bad:
         raise ValueError(f"{name}: unknown option(s) {bad}; allowed: {sorted(fields)}")
     cfg = cfg_cls(**options)
+    _require(*{"sindy": ("pysindy", "pysindy"), "gplearn": ("gplearn.genetic", "gplearn")}[name])  # fail early
 
     def fit(t: np.ndarray, x: np.ndarray) -> tuple[expr.Node, ...]:
         return fn(t, x, cfg)
