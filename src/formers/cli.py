@@ -330,6 +330,10 @@ def bench_cmd(
     time_limit: float = 60.0,
     threads: int = 0,
     opt: tuple[str, ...] = (),
+    modes: tuple[str, ...] = ("fwd", "fwd+bwd"),
+    force_flex: bool = False,
+    cpu_flex_compile: str = "",
+    isolate: bool = True,
     out: Path = Path("benchmarks/results"),
     quiet: bool = False,
 ) -> None:
@@ -346,6 +350,11 @@ def bench_cmd(
         time_limit: seconds per case; a longer first call is a timeout and larger lengths of that
             mixer are skipped.
         opt: mixer options, e.g. --opt linformer.k=128.
+        modes: fwd and/or fwd+bwd.
+        force_flex: mixers with a flex path use it (FlexAttention on CPU too).
+        cpu_flex_compile: torch.compile backend for the flex path on CPU (eager, aot_eager,
+            inductor; forward only). The tables show the torch.compile graphs compiled per length.
+        isolate: CPU: one forked process per case (--no-isolate: one process, compile caches kept).
     """
     import yaml
     from rich.console import Console
@@ -364,7 +373,9 @@ def bench_cmd(
     cfg = AttentionBenchConfig(device=device, lengths=lengths, min_len=min_len, max_len=max_len,
                                mixers=mixers, exclude=exclude, causal=causal, batch=batch,
                                n_heads=n_heads, head_dim=head_dim, dtype=dtype, warmup=warmup,
-                               repeats=repeats, time_limit_s=time_limit, threads=threads, options=options)
+                               repeats=repeats, time_limit_s=time_limit, threads=threads, options=options,
+                               modes=modes, force_flex=force_flex, cpu_flex_compile=cpu_flex_compile,
+                               isolate=isolate)
     result = sweep(cfg, progress=None if quiet else Console(stderr=True).print)
     paths = write_results(result, out)
     if not quiet:

@@ -117,3 +117,34 @@ def test_bad_mixer_options_fail_before_the_sweep(tmp_path, capsys):
                  "--opt", "linear.foo=3", "--quiet", "--out", str(tmp_path)]) == 2
     assert "foo" in capsys.readouterr().err
     assert not (tmp_path / "attention_scaling-cpu.json").exists()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_compile_counts_per_length_on_cpu():
+    """With the flex path forced and compiled on CPU (dynamo's ``eager`` backend: tracing without
+    code generation), in one process: the first length compiles, the second recompiles once for
+    the new size (then the length is dynamic), the third compiles nothing; SDPA never compiles."""
+    import torch
+
+    from formers.bench.attention import sweep
+    from formers.nn.attention import core
+
+    torch._dynamo.reset()
+    cfg = AttentionBenchConfig(device="cpu", lengths=(128, 256, 512), mixers=("local",), n_heads=2,
+                               head_dim=8, modes=("fwd",), force_flex=True, cpu_flex_compile="eager",
+                               isolate=False, warmup=2, repeats=1, threads=1)
+    before = dict(core.CALLS)
+    res = sweep(cfg)
+    assert core.CALLS["flex"] > before.get("flex", 0) and core.FLEX_CPU_COMPILE == ""  # restored
+    rows = {r["mixer"]: r for r in res["summary"]}
+    assert rows["sdpa"]["compiles_by_length"] == [0, 0, 0]
+    comp = rows["local"]["compiles_by_length"]
+    assert comp[0] >= 1 and comp[1:] == [1, 0] and rows["local"]["compiles_later"] == 1, comp
+    case = next(c for c in res["cases"] if c["mixer"] == "local" and c["length"] == 256)
+    assert any("size mismatch" in r for r in case["recompile_reasons"]), case["recompile_reasons"]
+    md = table_markdown(res)
+    assert "torch.compile graphs by length" in md and f"| {comp[0]}, 1, 0 |" in md
+    with pytest.raises(ValueError, match="forward only"):
+        AttentionBenchConfig(cpu_flex_compile="eager")
+    with pytest.raises(ValueError, match="modes"):
+        AttentionBenchConfig(modes=("bwd",))

@@ -70,6 +70,7 @@ COMPILE_ALLOWANCE_S = 90.0
 CPU_LENGTHS = (256, 8192)
 GPU_LENGTHS = (256, 32768)
 _MMAP_THRESHOLD = 64 * 1024
+CPU_FLEX_COMPILE = ("", "eager", "aot_eager", "inductor")
 
 
 @dataclass
@@ -86,6 +87,16 @@ class AttentionBenchConfig:
     warmup / repeats: untimed calls, then timed calls (median reported).
     time_limit_s: per-case limit (see the module docstring). threads: CPU threads (0 = torch's).
     options: per-mixer constructor options, ``{"linformer": {"k": 128}}``.
+    modes: which of ``fwd`` / ``fwd+bwd`` to run (default both).
+    force_flex: build the mixers whose registry backend names the flex path with
+        ``backend="flex"`` (FlexAttention on CPU too); default: each mixer's own choice.
+    cpu_flex_compile: torch.compile backend for the flex path on CPU (``eager``, ``aot_eager``,
+        ``inductor``; "" = flex's eager form, the default); forward only (see
+        :data:`formers.nn.attention.core.FLEX_CPU_COMPILE`).
+    isolate: CPU only: run every case in its own forked process (clean memory numbers; the
+        default). False runs them in this process, one after another as on CUDA, so torch.compile
+        caches carry over from length to length and the recompilation counts mean what they
+        mean on the GPU.
     """
 
     device: str = "auto"
@@ -105,6 +116,10 @@ class AttentionBenchConfig:
     threads: int = 0
     seed: int = 0
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    modes: tuple[str, ...] = MODES
+    force_flex: bool = False
+    cpu_flex_compile: str = ""
+    isolate: bool = True
 
     def __post_init__(self) -> None:
         o = "bench attention"
@@ -126,6 +141,15 @@ class AttentionBenchConfig:
             raise ValueError(f"{o}: max_len = {self.max_len} is below min_len = {self.min_len}")
         if not isinstance(self.options, dict) or not all(isinstance(v, dict) for v in self.options.values()):
             raise ValueError(f"{o}: options must map a mixer name to a dict of options, got {self.options!r}")
+        self.modes = tuple(self.modes)
+        if not self.modes or any(m not in MODES for m in self.modes):
+            raise ValueError(f"{o}: modes must be a non-empty subset of {list(MODES)}, got {list(self.modes)}")
+        if self.cpu_flex_compile not in CPU_FLEX_COMPILE:
+            raise ValueError(f"{o}: cpu_flex_compile must be one of {list(CPU_FLEX_COMPILE)}, "
+                             f"got {self.cpu_flex_compile!r}")
+        if self.cpu_flex_compile and "fwd+bwd" in self.modes:
+            raise ValueError(f"{o}: cpu_flex_compile={self.cpu_flex_compile!r} runs forward only "
+                             f"(compiled flex has no backward on CPU); use modes=('fwd',)")
 
     @property
     def d_model(self) -> int:
@@ -204,6 +228,12 @@ def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:
                "mem_slope": loglog_slope([p[0] for p in pos], [p[1] for p in pos]),
                "mem_slope_tail": loglog_slope([p[0] for p in pos[-3:]], [p[1] for p in pos[-3:]]),
                "max_len_ok": max(ok) if ok else None}
+        # torch.compile graphs compiled in each length's case (None: not counted / did not run);
+        # ``compiles_later``: those after the first length, i.e. recompilations for new lengths
+        comp = [by_len.get(n, {}).get("compiles") for n in lengths]
+        counted = [c for c in comp if c is not None]
+        row["compiles_by_length"] = comp
+        row["compiles_later"] = sum(counted[1:]) if counted else None
         if mixer != BASELINE:
             base = table.get((BASELINE, mode), {})
 
@@ -228,14 +258,25 @@ def _dtype(name: str, device: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def build_mixer(name: str, length: int, n_heads: int, head_dim: int, options: dict[str, Any] | None = None):
-    """The registered mixer ``name`` (``sdpa`` = softmax forced to SDPA) for ``length`` tokens."""
+def uses_flex(name: str) -> bool:
+    """Whether mixer ``name``'s registry backend names the FlexAttention path."""
+    from formers import registry
+
+    return name != BASELINE and "flex" in registry.get("attention", name).caps.backend
+
+
+def build_mixer(name: str, length: int, n_heads: int, head_dim: int, options: dict[str, Any] | None = None,
+                force_flex: bool = False):
+    """The registered mixer ``name`` (``sdpa`` = softmax forced to SDPA) for ``length`` tokens;
+    ``force_flex``: a mixer with a flex path is built with ``backend="flex"``."""
     from formers.nn.build import build_part
     from formers.nn.config import ModelConfig
 
     cfg = ModelConfig(d_model=n_heads * head_dim, n_heads=n_heads, max_seq_len=length, dropout=0.0)
     if name == BASELINE:
         return build_part("attention", "softmax", cfg, options, backend="sdpa")
+    if force_flex and uses_flex(name):
+        return build_part("attention", name, cfg, options, backend="flex")
     return build_part("attention", name, cfg, options)
 
 
@@ -289,8 +330,24 @@ def _glibc_setup() -> Callable[[], None]:
 
 
 def run_case(name: str, length: int, mode: str, cfg: AttentionBenchConfig, device: str) -> dict[str, Any]:
-    """Measure one (mixer, length, mode) in this process: median time (ms) and memory (MiB).
-    Returns a case record; exceptions propagate (the caller classifies them)."""
+    """Measure one (mixer, length, mode) in this process: median time (ms), memory (MiB) and the
+    torch.compile graphs compiled during the case (``compiles``, with ``recompile_reasons``; see
+    :mod:`formers.bench.compile_count`). Returns a case record; exceptions propagate (the caller
+    classifies them)."""
+    from formers.bench.compile_count import CompileCount
+    from formers.nn.attention import core
+
+    before = core.FLEX_CPU_COMPILE
+    core.FLEX_CPU_COMPILE = cfg.cpu_flex_compile
+    try:
+        with CompileCount() as cc:
+            rec = _measure(name, length, mode, cfg, device)
+    finally:
+        core.FLEX_CPU_COMPILE = before
+    return {**rec, **cc.record()}
+
+
+def _measure(name: str, length: int, mode: str, cfg: AttentionBenchConfig, device: str) -> dict[str, Any]:
     import torch
 
     from formers.nn.context import Context
@@ -299,7 +356,8 @@ def run_case(name: str, length: int, mode: str, cfg: AttentionBenchConfig, devic
     dt = _dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
     trim = (lambda: None) if cuda else _glibc_setup()
-    mod = build_mixer(name, length, cfg.n_heads, cfg.head_dim, cfg.options.get(name)).to(device=device, dtype=dt)
+    mod = build_mixer(name, length, cfg.n_heads, cfg.head_dim, cfg.options.get(name),
+                      cfg.force_flex).to(device=device, dtype=dt)
     x = torch.randn(cfg.batch, length, cfg.d_model, device=device, dtype=dt)
     g = torch.randn_like(x)
     ctx = Context(positions=torch.arange(length, device=device), causal=cfg.causal)
@@ -324,11 +382,12 @@ def run_case(name: str, length: int, mode: str, cfg: AttentionBenchConfig, devic
     call()  # the first call: one-time set-up (compilation, thread pools, autograd engine, buffers)
     sync()
     first = time.perf_counter() - t0
-    first_limit = 3 * cfg.time_limit_s + (COMPILE_ALLOWANCE_S if cuda else 0.0)
+    compiles = cuda or bool(cfg.cpu_flex_compile and uses_flex(name))
+    first_limit = 3 * cfg.time_limit_s + (COMPILE_ALLOWANCE_S if compiles else 0.0)
     if first > first_limit:
         return {"status": "timeout", "time_ms": first * 1e3, "mem_mb": None, "mem_method": "",
                 "note": f"first call took {first:.1f} s > {first_limit:.0f} s (3 x time_limit_s "
-                        f"{cfg.time_limit_s}{' + compile allowance' if cuda else ''})"}
+                        f"{cfg.time_limit_s}{' + compile allowance' if compiles else ''})"}
     # the second call: memory (and the time that sets the number of repeats)
     if cuda:
         torch.cuda.empty_cache()
@@ -551,7 +610,7 @@ def sweep(cfg: AttentionBenchConfig, progress: Callable[[str], None] | None = No
     for n in cfg.options:
         if n not in mixers:
             raise ValueError(f"bench attention: options given for {n!r}, which is not in this sweep {mixers}")
-        build_mixer(n, lengths[0], cfg.n_heads, cfg.head_dim, cfg.options[n])  # bad options fail here
+        build_mixer(n, lengths[0], cfg.n_heads, cfg.head_dim, cfg.options[n], cfg.force_flex)  # bad options fail here
     if cfg.threads and not cuda:
         torch.set_num_threads(cfg.threads)
     cases = []
@@ -574,15 +633,16 @@ def _sweep_cases(cfg: AttentionBenchConfig, dev: str, cuda: bool, mixers: list[s
     for name in mixers:
         stopped: dict[str, str] = {}
         for n in lengths:
-            for mode in MODES:
+            for mode in cfg.modes:
                 if mode in stopped:
                     rec = {"status": "skipped", "time_ms": None, "mem_mb": None, "note": stopped[mode]}
-                elif cuda:
+                elif cuda or not cfg.isolate:
                     try:
                         rec = run_case(name, n, mode, cfg, dev)
                     except Exception as e:  # classified and recorded
                         rec = _classify(e)
-                    torch.cuda.empty_cache()
+                    if cuda:
+                        torch.cuda.empty_cache()
                 else:
                     rec = workers.run(name, n, mode, cfg, dev)
                 if rec["status"] in ("oom", "timeout") and mode not in stopped:
@@ -650,18 +710,28 @@ def table_markdown(result: dict[str, Any]) -> str:
             f"torch {result['torch']}, commit {result['commit']}), "
             f"{'causal' if result['causal'] else 'bidirectional'}, batch {result['settings']['batch']}, "
             f"{result['settings']['n_heads']} heads x {result['settings']['head_dim']}.\n")
-    out = [head, "| mixer | mode | crossover vs sdpa | time slope (all / last 3) | memory slope (all / last 3) | max length run |",
-           "|---|---|---:|---:|---:|---:|"]
+    out = [head, "| mixer | mode | crossover vs sdpa | time slope (all / last 3) | memory slope (all / last 3) "
+                 "| max length run | torch.compile graphs by length |",
+           "|---|---|---:|---:|---:|---:|---|"]
     for r in sorted(result["summary"], key=lambda r: (r["mixer"] != BASELINE, r["mixer"], r["mode"])):
         if r["mixer"] == BASELINE:
             x = "(baseline)"
         else:
             x = {"below": f"<= {_fmt(r['crossover_len'], 4)}", "at": _fmt(r["crossover_len"], 4),
                  "never": f"> {lengths[-1]} (never)", "none": "-"}[r["crossover"]]
+        comp = r.get("compiles_by_length") or []
+        comp_txt = ("-" if all(c is None for c in comp) else
+                    ", ".join("-" if c is None else str(c) for c in comp) if any(comp) else "0")
         out.append(f"| {r['mixer']} | {r['mode']} | {x} | {_fmt(r['time_slope'])} / {_fmt(r['time_slope_tail'])} | "
-                   f"{_fmt(r['mem_slope'])} / {_fmt(r['mem_slope_tail'])} | {r['max_len_ok'] or '-'} |")
+                   f"{_fmt(r['mem_slope'])} / {_fmt(r['mem_slope_tail'])} | {r['max_len_ok'] or '-'} | {comp_txt} |")
+    reasons = [f"- {c['mixer']} {c['mode']} n={c['length']}: " + "; ".join(c["recompile_reasons"])
+               for c in result["cases"] if c.get("recompile_reasons")]
+    if reasons:
+        out += ["", "Recompilation reasons (TorchDynamo guard failures; a size mismatch at a new length "
+                    "means one recompilation, after which that dimension is dynamic):", "", *reasons]
+    modes = [m for m in MODES if any(c["mode"] == m for c in result["cases"])]
     for what, key in (("time (ms, median)", "time_ms"), ("peak memory (MiB)", "mem_mb")):
-        for mode in MODES:
+        for mode in modes:
             out += ["", f"{mode}: {what}", "", "| mixer | " + " | ".join(str(n) for n in lengths) + " |",
                     "|---|" + "---:|" * len(lengths)]
             for m in result["mixers"]:
