@@ -267,6 +267,24 @@ def generate_cmd(
     print(tok.decode(out[0]))
 
 
+def _compare_odebench(models: Optional[str], seed: int, out: Optional[Path], opt: tuple[str, ...],
+                      noise: Optional[str], subsample: Optional[str]) -> None:
+    """``formers compare odebench``: symbolic-regression models on ODEBench (no training)."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from formers.sciml.ode.compare import (compare_odebench, one_at_a_time, parse_floats,
+                                           parse_model_options, table_markdown)
+
+    settings = one_at_a_time(parse_floats(noise or "0", "--noise"), parse_floats(subsample, "--subsample"))
+    names = [m.strip() for m in (models or "sindy,gplearn").split(",") if m.strip()]
+    c = Console(stderr=True)
+    result = compare_odebench(names, settings, out or Path("runs") / "compare-odebench", seed=seed,
+                              options=parse_model_options(opt), progress=c.print)
+    Console().print(Markdown(table_markdown(result)))
+    print(f"written: {result['files']['json']}, {result['files']['md']}")
+
+
 def compare_cmd(
     task: tyro.conf.Positional[str],
     flags: tyro.conf.OmitArgPrefixes[TrainFlags],  # type: ignore[valid-type]
@@ -277,6 +295,8 @@ def compare_cmd(
     data: tuple[str, ...] = (),
     set: tuple[str, ...] = (),
     opt: tuple[str, ...] = (),
+    noise: Optional[str] = None,
+    subsample: Optional[str] = None,
 ) -> None:
     """Train each model on TASK with the same data, budget and seeds; print and save one table
     (compare.md / compare.json) and one plot of validation curves (compare.png).
@@ -287,7 +307,13 @@ def compare_cmd(
             p-value against the first model.
         out: output folder (default runs/compare-TASK). Re-running resumes unfinished runs from
             their last checkpoint and refuses changed settings.
+        noise / subsample (task odebench): comma-separated noise levels and fractions of
+            points dropped, varied one at a time; models odeformer, sindy, gplearn;
+            --opt model.option=value (e.g. odeformer.model=RUN); results in OUT (default
+            runs/compare-odebench)/odebench-MODELS.json/.md (formers.sciml.ode.compare).
     """
+    if task == "odebench":
+        return _compare_odebench(models, flags.seed or 0, out, opt, noise, subsample)
     from rich.console import Console
     from rich.markdown import Markdown
 
@@ -384,7 +410,7 @@ def bench_cmd(
 
 
 def data_cmd(
-    kind: tyro.conf.Positional[typing.Literal["pde"]],
+    kind: tyro.conf.Positional[typing.Literal["pde", "ode"]],
     out: Path,
     equation: str = "ns2d",
     n_samples: int = 16,
@@ -398,6 +424,9 @@ def data_cmd(
     device: str = "auto",
     threads: int = 0,
     opt: tuple[str, ...] = (),
+    samples: Optional[int] = None,
+    workers: int = 1,
+    first_shard: int = 0,
     quiet: bool = False,
 ) -> None:
     """Generate a data set into --out. ``pde``: PDE trajectories as safetensors shards and a
@@ -413,7 +442,22 @@ def data_cmd(
         device: auto (cuda if present), cpu, cuda, cuda:N.
         threads: torch CPU threads (0 = torch's default; 1 is fastest on a busy machine).
         opt: other generator settings, e.g. --opt drag=0.1 burn_in=2 dtype=float64.
+        ode: ODEFormer's random ODE systems with trajectories as JSON-lines shards and a
+            meta.json (formers.sciml.ode.generate), made by --workers processes; finished
+            shards are skipped on a re-run. --samples (or --n-samples) systems, --shard-size
+            per shard (default 1000), --first-shard to split the work over runs, --opt
+            any GeneratorConfig field (e.g. --opt max_dim=2 max_prefix_len=200).
     """
+    if kind == "ode":
+        from formers.sciml.ode.generate import GeneratorConfig, generate_dataset
+
+        cfg = GeneratorConfig.from_dict(_pairs(opt, "--opt"))
+        summary = generate_dataset(out, samples if samples is not None else n_samples, cfg, seed=seed,
+                                   shard_size=shard_size or 1000, workers=workers,
+                                   first_shard=first_shard, progress=not quiet)
+        print(json.dumps(summary))
+        print(f"written: {out} (meta.json, shard-*.jsonl)")
+        return
     import torch
 
     from formers.sciml.pde.shards import generate_shards
