@@ -23,13 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,18 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="3 systems, SINDy, a few seconds")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    from formers.sciml.ode.compare import compare_odebench, one_at_a_time, table_markdown
+    from formers.sciml.ode.compare import (compare_odebench, one_at_a_time, parse_floats,
+                                           parse_model_options, table_markdown)
 
-    options: dict[str, dict] = {}
-    for item in args.opt:
-        key, eq, value = item.partition("=")
-        model, dot, opt = key.partition(".")
-        if not (eq and dot):
-            p.error(f"--opt: expected model.option=value, got {item!r}")
-        options.setdefault(model.strip(), {})[opt.strip().replace("-", "_")] = yaml.safe_load(value)
+    options = parse_model_options(args.opt)
     if args.smoke:
         args.models, args.ids, args.name = "sindy", args.ids or [2, 24, 57], args.name or "smoke"
-    settings = one_at_a_time(_floats(args.noise), _floats(args.subsample))
+    settings = one_at_a_time(parse_floats(args.noise, "--noise"), parse_floats(args.subsample, "--subsample"))
     result = compare_odebench(args.models.split(","), settings, args.out, args.name, args.seed, args.ids,
                               options, progress=None if args.quiet else lambda m: print(m, file=sys.stderr))
     print(table_markdown(result))

@@ -54,6 +54,29 @@ def make_fit(name: str, options: dict[str, Any] | None = None) -> FitFn:
     raise ValueError(f"unknown ODEBench model {name!r}; available: {', '.join(MODELS)}")
 
 
+def parse_floats(text: str | None, what: str) -> list[float]:
+    """``"0,0.05"`` -> ``[0.0, 0.05]`` (empty/None -> []); ValueError naming ``what`` otherwise."""
+    try:
+        return [float(v) for v in (text or "").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_model_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["gplearn.generations=20", "odeformer.model=runs/x"]`` -> ``{model: {option: value}}``
+    (values read as YAML scalars); ValueError for an item that is not ``model.option=value``."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        model, dot, name = key.strip().partition(".")
+        if not (eq and dot and model and name):
+            raise ValueError(f"--opt: expected model.option=value (e.g. gplearn.generations=20), got {item!r}")
+        out.setdefault(model, {})[name.replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
 def one_at_a_time(noise: Sequence[float] = (0.0,), subsample: Sequence[float] = ()) -> list[tuple[float, float]]:
     """(noise, subsample) settings varying one factor at a time (see the module docstring)."""
     out: list[tuple[float, float]] = []
