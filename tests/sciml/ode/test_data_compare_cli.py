@@ -1,0 +1,31 @@
+"""`formers data ode` and `formers compare odebench` through main() (in-process)."""
+
+import json
+
+from formers.cli import main
+from formers.sciml.ode import expr
+from formers.sciml.ode.generate import iter_samples
+
+
+def test_data_ode_writes_resumable_shards(tmp_path, capsys):
+    out = tmp_path / "ode"
+    args = ["data", "ode", "--samples", "2", "--out", str(out), "--shard-size", "1", "--quiet",
+            "--opt", "max_dim=1", "max_binary=2"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert summary["shards_written"] == 2 and summary["samples"] == 2
+    samples = list(iter_samples(out))
+    assert len(samples) == 2 and all(len(expr.from_prefix(s["tokens"])) == 1 for s in samples)
+    assert main(args) == 0  # finished shards are skipped
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["shards_skipped"] == 2
+
+
+def test_bad_input_is_refused_before_work(tmp_path, capsys):
+    assert main(["data", "ode", "--out", str(tmp_path / "x"), "--opt", "max_dimm=2"]) == 2
+    assert "max_dimm" in capsys.readouterr().err
+    assert main(["compare", "odebench", "--models", "pysr"]) == 2
+    assert "unknown ODEBench model" in capsys.readouterr().err
+    assert main(["compare", "odebench", "--models", "sindy", "--subsample", "1.5"]) == 2
+    assert "subsample" in capsys.readouterr().err
+    assert main(["compare", "odebench", "--models", "sindy", "--opt", "sindy.depth=3"]) == 2
+    assert "unknown option" in capsys.readouterr().err
