@@ -27,7 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from formers.atomic import atomic_write, write_json  # noqa: E402
+from formers.atomic import write_json  # noqa: E402
+from formers.timeseries.plots import plot_forecasts  # noqa: E402
 from formers.train.task import make_task  # noqa: E402
 from formers.train.trainer import Trainer, git_commit  # noqa: E402
 
@@ -43,36 +44,6 @@ ARMS = {
 # SAMformer paper, Table 1 (arXiv 2402.10198), ETTh1, L = 512, test MSE (as recalled in the
 # project's paper notes, ../shared/papers/sciml-timeseries.md §6(c)).
 PAPER_SAMFORMER_MSE = {96: 0.381, 192: 0.409, 336: 0.423, 720: 0.427}
-
-
-def plot_forecasts(task, model, path: Path, title: str, n: int = 3) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    w = task.windows["test"]
-    starts = torch.linspace(0, len(w) - 1, n).long()
-    x, y = w.batch(starts)
-    model.eval()
-    with torch.no_grad():
-        p = model(x)
-    fig = Figure(figsize=(10, 2.8 * n), dpi=100)
-    FigureCanvasAgg(fig)
-    c = task.n_channels - 1  # the target (OT) is the last channel
-    L, H = task.look_back, task.horizon
-    for i in range(n):
-        ax = fig.add_subplot(n, 1, i + 1)
-        keep = min(L, 2 * H)
-        ax.plot(range(-keep, 0), x[i, -keep:, c], color="0.5", lw=1, label="look-back (last part)")
-        ax.plot(range(H), y[i, :, c], color="k", lw=1.2, label="truth")
-        ax.plot(range(H), p[i, :, c], color="tab:red", lw=1.2, label="forecast")
-        ax.set_ylabel(f"OT (normalised)\nwindow {int(starts[i])}")
-        ax.grid(alpha=0.3)
-        if i == 0:
-            ax.set_title(title)
-            ax.legend(loc="upper left", fontsize=8)
-    ax.set_xlabel("hours after the forecast origin")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _write_merged(out: Path, result: dict) -> dict:
@@ -140,7 +111,7 @@ def main() -> None:
         runs = []
         for seed in range(n_seeds):
             task = make_task("forecast", seed, options)
-            base = task.default_train()
+            base = task.recipe_train("samformer")
             tcfg = base.replace(seed=seed, sam_rho=rho, device=args.device, quiet=True,
                                 max_steps=args.max_epochs * task.steps_per_epoch(base.batch_size))
             run = args.runs / f"h{args.horizon}" / arm / f"seed{seed}"
@@ -158,7 +129,7 @@ def main() -> None:
                   f"(best epoch {rec['best_epoch']}, {rec['epochs']:.0f} epochs, {rec['wall_time_s']:.0f} s)",
                   flush=True)
             if arm == "samformer-sam" and seed == 0:
-                plot_forecasts(task, trainer.model.cpu(), out.with_suffix(".png"),
+                plot_forecasts({"SAMformer (SAM rho 0.7)": (task, trainer.model.cpu())}, out.with_suffix(".png"),
                                f"SAMformer (SAM rho 0.7) on ETTh1 test windows, L={args.look_back}, "
                                f"H={args.horizon}, seed 0")
             mse = [r["test_mse"] for r in runs]

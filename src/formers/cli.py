@@ -87,8 +87,10 @@ def _read_yaml(path: Optional[Path]) -> dict[str, Any]:
     return data
 
 
-def _train_config(task, flags, yaml_train: dict[str, Any]) -> TrainConfig:
-    base = task.default_train().to_dict()
+def _train_config(task, flags, yaml_train: dict[str, Any], variant: Optional[str] = None) -> TrainConfig:
+    """The task's budget for ``variant`` (its recipe, :meth:`Task.recipe_train`), then the YAML
+    ``train:`` section, then the flags."""
+    base = (task.default_train() if variant is None else task.recipe_train(variant)).to_dict()
     base.update(yaml_train)
     base.update({k: v for k, v in dataclasses.asdict(flags).items() if v is not None and v is not False})
     return TrainConfig.from_dict(base)
@@ -160,16 +162,21 @@ def train_cmd(
         set: model config overrides, e.g. --set d_model=256 n_layers=6.
         opt: task options, e.g. --opt seq_len=256.
     """
-    from formers.train.task import configure_model, make_task
+    from formers.registry import get
+    from formers.train.task import configure_model, make_task_for
     from formers.train.trainer import Trainer
 
     _load_all()
     cfg_file = _read_yaml(config)
     seed = flags.seed if flags.seed is not None else cfg_file.get("train", {}).get("seed", 0)
-    t = make_task(task, seed, _task_options(cfg_file, data, opt))
-    model = model or t.default_models[0]
+    model = model or get("task", task).obj.default_models[0]
+    t = make_task_for(task, seed, _task_options(cfg_file, data, opt), model)
     mcfg = configure_model(t, model, {**cfg_file.get("model", {}), **_pairs(set, "--set")})
-    tcfg = _train_config(t, flags, cfg_file.get("train", {}))
+    tcfg = _train_config(t, flags, cfg_file.get("train", {}), model)
+    recipe = t.recipe_record(mcfg, tcfg)
+    if recipe is not None and not tcfg.quiet:
+        changed = f"; changed: {recipe['changed']}" if recipe.get("changed") else ""
+        print(f"formers: {model} trains with its recipe: {recipe['summary']}{changed}", file=sys.stderr)
     out = out or Path("runs") / f"{task}-{model}-seed{tcfg.seed}"
     summary = Trainer(t, mcfg, tcfg, out, resume=resume).fit()
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary
@@ -297,9 +304,12 @@ def compare_cmd(
     opt: tuple[str, ...] = (),
     noise: Optional[str] = None,
     subsample: Optional[str] = None,
+    horizons: Optional[str] = None,
 ) -> None:
-    """Train each model on TASK with the same data, budget and seeds; print and save one table
-    (compare.md / compare.json) and one plot of validation curves (compare.png).
+    """Train each model on TASK with the same data, seeds and evaluation, each with its own
+    training recipe where the task declares one (flags override it for every model); print and
+    save one table (compare.md / compare.json), one plot of validation curves (compare.png) and,
+    for tasks that have one, a plot of predictions on held-out examples (examples.png).
 
     Args:
         models: comma-separated model variants (default: the task's default set).
@@ -311,31 +321,82 @@ def compare_cmd(
             points dropped, varied one at a time; models odeformer, sindy, gplearn;
             --opt model.option=value (e.g. odeformer.model=RUN); results in OUT (default
             runs/compare-odebench)/odebench-MODELS.json/.md (formers.sciml.ode.compare).
+        horizons: comma-separated horizons (tasks with a ``horizon`` option only): one comparison
+            per horizon in OUT/hH, and one table over all of them (OUT/compare-horizons.md/.json).
     """
     if task == "odebench":
         return _compare_odebench(models, flags.seed or 0, out, opt, noise, subsample)
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from formers.bench.compare import compare, table_markdown
-    from formers.train.task import make_task
+    from formers.bench.compare import table_markdown
 
     _load_all()
     cfg_file = _read_yaml(config)
     options = _task_options(cfg_file, data, opt)
-    probe = make_task(task, 0, options)
-    names = [m.strip() for m in models.split(",")] if models is not None else list(probe.default_models)
-    tcfg = _train_config(probe, flags, cfg_file.get("train", {}))
     out = out or Path("runs") / f"compare-{task}"
-    overrides = {**cfg_file.get("model", {}), **_pairs(set, "--set")}
-    result = compare(task, names, seeds, tcfg, out, options, overrides or None)
     c = Console()
-    c.print(Markdown(table_markdown(result)))
-    info = result["task_info"]
-    if "unigram_entropy_bpb" in info:
-        c.print(f"unigram entropy of the training corpus: {info['unigram_entropy_bpb']:.3f} bits/byte "
-                f"(a model that ignores context scores this)")
-    c.print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
+    if horizons is None:
+        result = _compare_one(task, models, seeds, flags, cfg_file, set, options, out)
+        c.print(Markdown(table_markdown(result)))
+        info = result["task_info"]
+        if "unigram_entropy_bpb" in info:
+            c.print(f"unigram entropy of the training corpus: {info['unigram_entropy_bpb']:.3f} bits/byte "
+                    f"(a model that ignores context scores this)")
+        c.print(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
+        return
+    import inspect
+
+    from formers.atomic import write_json, write_text
+    from formers.bench.compare import sweep_table
+    from formers.registry import get
+
+    values = _horizon_list(horizons)
+    if "horizon" in options:
+        raise ValueError("--horizons and --opt horizon=... both set the horizon; give one")
+    if "horizon" not in inspect.signature(get("task", task).obj.__init__).parameters:
+        raise ValueError(f"--horizons needs a task with a horizon option (e.g. forecast); task "
+                         f"{task!r} has none")
+    results = {}
+    for h in values:
+        results[h] = _compare_one(task, models, seeds, flags, cfg_file, set, {**options, "horizon": h},
+                                  out / f"h{h}")
+    sweep = sweep_table("horizon", results)
+    sweep["examples_png"] = {h: r.get("examples_png") for h, r in results.items()}
+    write_json(out / "compare-horizons.json", sweep)
+    write_text(out / "compare-horizons.md", sweep["markdown"])
+    c.print(Markdown(sweep["markdown"]))
+    c.print(f"written: {out / 'compare-horizons.md'}, {out / 'compare-horizons.json'}, "
+            f"and per horizon {out}/hH/compare.md, examples.png")
+
+
+def _horizon_list(text: str) -> list[int]:
+    """``96,192`` -> [96, 192]; ValueError for an empty, repeated or non-positive entry."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--horizons takes comma-separated positive ints, got {text!r}") from None
+    if not values or any(v <= 0 for v in values) or len(set(values)) != len(values):
+        raise ValueError(f"--horizons takes distinct comma-separated positive ints, got {text!r}")
+    return values
+
+
+def _compare_one(task: str, models: Optional[str], seeds: int, flags, cfg_file: dict[str, Any],
+                 set: tuple[str, ...], options: dict[str, Any], out: Path) -> dict[str, Any]:
+    """One ``formers compare``: every model with its own recipe (the task's per-model budget),
+    the YAML train section and the flags on top."""
+    from formers.bench.compare import compare
+    from formers.registry import get
+    from formers.train.task import make_task_for
+
+    names = ([m.strip() for m in models.split(",")] if models is not None
+             else list(get("task", task).obj.default_models))
+    if len(names) != len(dict.fromkeys(names)):
+        raise ValueError(f"compare: models {names} name a model more than once")
+    trains = {m: _train_config(make_task_for(task, 0, options, m), flags, cfg_file.get("train", {}), m)
+              for m in names}
+    overrides = {**cfg_file.get("model", {}), **_pairs(set, "--set")}
+    return compare(task, names, seeds, trains, out, options, overrides or None)
 
 
 def bench_cmd(

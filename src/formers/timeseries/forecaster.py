@@ -8,7 +8,10 @@ A forecaster is an ``nn.Module`` registered under registry kind ``forecaster``:
 * ``forward(x: (batch, look_back, n_channels)) -> (batch, horizon, n_channels)``, on the scale of
   its input (a model that normalises, e.g. with RevIN, denormalises its output);
 * optionally ``aux_loss() -> scalar tensor`` for the last forward (e.g. Pathformer's load-balancing
-  loss); the forecast task adds it to the training loss.
+  loss); the forecast task adds it to the training loss;
+* optionally a static method ``recipe(horizon) -> ForecastRecipe`` (:mod:`formers.timeseries.recipe`):
+  how its paper trains it; the forecast task trains it so by default (else with
+  :data:`~formers.timeseries.recipe.DEFAULT_RECIPE`).
 
 Adding a model is registering one class::
 
@@ -37,6 +40,7 @@ from torch import nn
 
 from formers.config import Config
 from formers.registry import get
+from formers.timeseries.recipe import DEFAULT_RECIPE, ForecastRecipe
 
 
 @dataclass
@@ -67,6 +71,21 @@ def forecaster_config(name: str, **fields: Any) -> ForecasterConfig:
     if entry.config is None:
         raise ValueError(f"forecaster {name!r} was registered without a config class")
     return entry.config.from_dict({**fields, "model": name})
+
+
+def forecaster_recipe(name: str, horizon: int) -> ForecastRecipe:
+    """The training recipe registered forecaster ``name`` declares for ``horizon`` (its class's
+    static ``recipe(horizon)``), or :data:`~formers.timeseries.recipe.DEFAULT_RECIPE`.
+
+    Raises ValueError for an unknown forecaster or a recipe method that returns something else."""
+    fn = getattr(get("forecaster", name).obj, "recipe", None)
+    if fn is None:
+        return DEFAULT_RECIPE
+    r = fn(horizon)
+    if not isinstance(r, ForecastRecipe):
+        raise ValueError(f"forecaster {name!r}: recipe({horizon}) returned {type(r).__name__}, "
+                         f"expected a ForecastRecipe")
+    return r
 
 
 def config_from_dict(data: dict[str, Any]) -> ForecasterConfig:

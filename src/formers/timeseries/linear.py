@@ -17,6 +17,7 @@ from torch import nn
 
 from formers.registry import Paper, register
 from formers.timeseries.forecaster import ForecasterConfig, check_input
+from formers.timeseries.recipe import ForecastRecipe
 
 PAPER = Paper("Are Transformers Effective for Time Series Forecasting?", "2205.13504", "§4 DLinear")
 
@@ -46,6 +47,19 @@ def moving_average(x: torch.Tensor, kernel: int) -> torch.Tensor:
           summary="DLinear baseline: linear maps of the moving-average trend and the remainder")
 class DLinear(nn.Module):
     """DLinear forecaster. x: (batch, look_back, n_channels) -> (batch, horizon, n_channels)."""
+
+    @staticmethod
+    def recipe(horizon: int) -> ForecastRecipe:
+        """The reference ETTh1 script (the same at every horizon)."""
+        return ForecastRecipe(
+            source="cure-lab/LTSF-Linear scripts/EXP-LongForecasting/DLinear/etth1.sh (commit f7cbf46) "
+                   "with run_longExp.py defaults: MSE, Adam lr 1e-4, batch 8, 10 epochs, early stopping "
+                   "patience 3, lradj type1 (lr halved every epoch from the third)",
+            batch_size=8, lr=1e-4, epochs=10, patience=3, schedule="step", lr_gamma=0.5,
+            hold_epochs=2, look_back=512,
+            look_back_note="the script uses look-back 336; 512 here (SAMformer's) so that DLinear, "
+                           "PatchTST and SAMformer read the same inputs",
+            choices="look-back 512 instead of 336")
 
     def __init__(self, cfg: DLinearConfig) -> None:
         super().__init__()

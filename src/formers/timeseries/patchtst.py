@@ -27,6 +27,7 @@ from formers.nn.context import Context
 from formers.nn.transformer import Stack
 from formers.registry import Paper, register
 from formers.timeseries.forecaster import ForecasterConfig, check_input
+from formers.timeseries.recipe import ForecastRecipe
 from formers.timeseries.revin import RevIN
 
 PAPER = Paper("A Time Series is Worth 64 Words: Long-term Forecasting with Transformers",
@@ -71,6 +72,21 @@ class PatchTSTConfig(ForecasterConfig):
           summary="PatchTST-style channel-independent patch transformer (formers.nn encoder)")
 class PatchTST(nn.Module):
     """Patch transformer forecaster. x: (batch, look_back, n_channels) -> (batch, horizon, n_channels)."""
+
+    @staticmethod
+    def recipe(horizon: int) -> ForecastRecipe:
+        """The reference ETTh1 script (the same at every horizon)."""
+        return ForecastRecipe(
+            source="yuqinie98/PatchTST PatchTST_supervised/scripts/PatchTST/etth1.sh (commit b75156c) "
+                   "with run_longExp.py defaults: MSE, Adam lr 1e-4, batch 128, 100 epochs, patience 100 "
+                   "(no early stop; the best validation epoch is tested), lradj type3 (lr x 0.9 every "
+                   "epoch from the fifth); model d 16, 4 heads, 3 layers, d_ff 128, dropout 0.3, P 16, S 8",
+            batch_size=128, lr=1e-4, epochs=100, patience=100, schedule="step", lr_gamma=0.9,
+            hold_epochs=4, look_back=512,
+            look_back_note="the script uses look-back 336 (PatchTST/42); 512 (PatchTST/64's) here, "
+                           "SAMformer's",
+            choices="look-back 512 instead of 336; one dropout rate (0.3) for attention, MLP, embedding "
+                    "and head (the script: head dropout 0)")
 
     def __init__(self, cfg: PatchTSTConfig) -> None:
         super().__init__()

@@ -78,6 +78,7 @@ from formers.config import check_choice, check_positive
 from formers.nn.attention.core import attend
 from formers.registry import Paper, register
 from formers.timeseries.forecaster import ForecasterConfig, check_input
+from formers.timeseries.recipe import ForecastRecipe
 from formers.timeseries.revin import RevIN
 
 PAPER = Paper("Pathformer: Multi-scale Transformers with Adaptive Pathways for Time Series Forecasting",
@@ -204,16 +205,20 @@ def etth1_config(horizon: int = 96, n_channels: int = 7, **overrides) -> Pathfor
     batch 128 (H 96/192) or 512 (H 336/720), test loader with ``drop_last=True``.
     Other horizons get the 96 settings. ``overrides`` replace any field.
     """
+    fields = dict(look_back=96, horizon=horizon, n_channels=n_channels, **_etth1_fields(horizon))
+    fields.update(overrides)
+    return PathformerConfig(**fields)
+
+
+def _etth1_fields(horizon: int) -> dict:
+    """The model fields of the published ETTh1 script at ``horizon`` (see :func:`etth1_config`)."""
     sizes: list[list[int]] = _default_patch_sizes()
     k, residual = 3, True
     if horizon == 336:
         sizes, residual = [[16, 12, 8, 32], [12, 8, 6, 16], [8, 6, 4, 16]], False
     elif horizon == 720:
         k, residual = 2, False
-    fields = dict(look_back=96, horizon=horizon, n_channels=n_channels, patch_sizes=sizes, k=k,
-                  residual_connection=residual, d_model=4, d_ff=64)
-    fields.update(overrides)
-    return PathformerConfig(**fields)
+    return dict(patch_sizes=sizes, k=k, residual_connection=residual, d_model=4, d_ff=64)
 
 
 def _usable_frequencies(length: int) -> int:
@@ -487,6 +492,22 @@ class Pathformer(nn.Module):
     Raises ``ValueError`` for an input whose shape is not ``(batch, look_back, n_channels)``.
     See the module docstring for the architecture and the deviations from the reference code.
     """
+
+    @staticmethod
+    def recipe(horizon: int) -> ForecastRecipe:
+        """The published ETTh1 script at ``horizon`` (other horizons get the 96 settings)."""
+        return ForecastRecipe(
+            source="decisionintelligence/pathformer scripts/multivariate/ETTh1.sh and exp_main.py "
+                   "(commit ea85d82): L1 loss + balance loss, Adam lr 5e-4 with OneCycleLR (pct_start "
+                   "0.4, stepped every batch), batch 128 (H 96/192) or 512 (H 336/720), 30 epochs, "
+                   "early stopping patience 10 on the validation L1 loss, look-back 96, test loader "
+                   "drop_last=True",
+            batch_size=512 if horizon in (336, 720) else 128, lr=5e-4, epochs=30, patience=10,
+            loss="mae", schedule="one_cycle", pct_start=0.4, min_lr_ratio=1 / (25 * 1e4),
+            look_back=96, drop_last=True, model=_etth1_fields(horizon),
+            choices="the last incomplete training batch of an epoch is kept (smaller), the reference "
+                    "drops it; OneCycleLR's beta1 cycling (0.85-0.95) is not done (beta1 0.9); the "
+                    "test set is scored in full, with the drop_last numbers beside it")
 
     def __init__(self, cfg: PathformerConfig) -> None:
         super().__init__()

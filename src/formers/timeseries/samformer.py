@@ -31,6 +31,7 @@ from torch import nn
 
 from formers.registry import Paper, register
 from formers.timeseries.forecaster import ForecasterConfig, check_input
+from formers.timeseries.recipe import ForecastRecipe
 from formers.timeseries.revin import RevIN
 
 PAPER = Paper("SAMformer: Unlocking the Potential of Transformers in Time Series Forecasting with "
@@ -60,6 +61,18 @@ class SAMformer(nn.Module):
     ``attention(x)`` returns the (batch, n_channels, n_channels) attention matrix (rows sum to 1).
     Raises ValueError for an input of the wrong shape.
     """
+
+    @staticmethod
+    def recipe(horizon: int) -> ForecastRecipe:
+        """The paper's protocol (the same at every horizon on ETT)."""
+        return ForecastRecipe(
+            source="SAMformer arXiv 2402.10198 §5 and romilbert/samformer TF run.py / run_script.sh "
+                   "(commit 71f10ea): MSE, SAM rho 0.7 around Adam lr 1e-3 (ETT) with weight decay "
+                   "1e-5, constant lr, batch 32, 100 epochs, early stopping patience 5 on validation",
+            batch_size=32, lr=1e-3, epochs=100, patience=5, sam_rho=0.7, weight_decay=1e-5,
+            look_back=512,
+            choices="weight decay 1e-5 is AdamW's decoupled decay on matrices (the reference: Adam's "
+                    "L2 on every weight)")
 
     def __init__(self, cfg: SAMformerConfig) -> None:
         super().__init__()

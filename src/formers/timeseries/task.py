@@ -48,11 +48,18 @@ from torch import nn
 from formers.registry import register
 from formers.timeseries import data as D
 from formers.timeseries.forecaster import (ForecasterConfig, build_forecaster, config_from_dict,
-                                           forecaster_config, load_forecaster)
+                                           forecaster_config, forecaster_recipe, load_forecaster)
 from formers.timeseries.protocol import Windows, evaluate_model, evaluate_windows, persistence
 from formers.timeseries.samformer import PAPER
 from formers.train.config import TrainConfig
 from formers.train.task import Task
+
+
+DEFAULT_LOOK_BACK = 512  # without a model recipe (SAMformer's)
+DEFAULT_HORIZON = 96
+
+# TrainConfig fields that do not belong to a recipe (how and where a run executes)
+_NOT_RECIPE = ("seed", "device", "quiet", "compile", "eval_batches", "checkpoint_every")
 
 
 def _bare(model: nn.Module) -> nn.Module:
@@ -94,10 +101,12 @@ class ForecastTask(Task):
     default_models = ("samformer", "dlinear", "patchtst")
 
     def __init__(self, seed: int = 0, dataset: str = "ETTh1", data: str | list[str] | None = None,
-                 target: str | None = None, features: str = "M", look_back: int = 512,
-                 horizon: int = 96, split: str = "auto", drop_last: bool = False,
+                 target: str | None = None, features: str = "M", look_back: int | None = None,
+                 horizon: int | None = None, split: str = "auto", drop_last: bool = False,
                  loss: str = "mse") -> None:
         super().__init__(seed)
+        look_back = DEFAULT_LOOK_BACK if look_back is None else look_back
+        horizon = DEFAULT_HORIZON if horizon is None else horizon
         if isinstance(data, (list, tuple)):
             if len(data) != 1:
                 raise ValueError(f"forecast task: data takes one CSV file or folder, got {list(data)}")
@@ -128,8 +137,11 @@ class ForecastTask(Task):
 
     # -------------------------------------------------------------------------------- models
     def model_config(self, variant: str = "samformer") -> ForecasterConfig:
-        return forecaster_config(variant, look_back=self.look_back, horizon=self.horizon,
-                                 n_channels=self.n_channels)
+        """The config of forecaster ``variant`` for this data, with its recipe's model fields
+        (e.g. Pathformer's published patch sizes for this horizon)."""
+        fields = forecaster_recipe(variant, self.horizon).model
+        return forecaster_config(variant, **{**fields, "look_back": self.look_back,
+                                             "horizon": self.horizon, "n_channels": self.n_channels})
 
     def build_model(self, cfg: ForecasterConfig) -> nn.Module:
         if cfg.look_back != self.look_back or cfg.horizon != self.horizon or cfg.n_channels != self.n_channels:
@@ -149,11 +161,47 @@ class ForecastTask(Task):
         return math.ceil(len(self.windows["train"]) / batch_size)
 
     def default_train(self) -> TrainConfig:
-        spe = self.steps_per_epoch(32)
-        return TrainConfig(max_steps=100 * spe, batch_size=32, lr=1e-3, min_lr_ratio=1.0,
-                           warmup_steps=0, weight_decay=1e-5, beta1=0.9, beta2=0.999, grad_clip=0.0,
-                           eval_every=spe, eval_batches=1, checkpoint_every=spe, dtype="fp32",
-                           sam_rho=0.7, early_stopping=5)
+        """SAMformer's recipe (the default model's)."""
+        return self.recipe_train("samformer")
+
+    # -------------------------------------------------------------------------------- recipes
+    def selection_metric(self) -> str:
+        """``val_mae`` when training with the L1 loss (Pathformer's early stopping watches its L1
+        validation loss), else ``val_mse``."""
+        return "val_mae" if self.options["loss"] == "mae" else "val_mse"
+
+    @classmethod
+    def recipe_options(cls, variant: str, options: dict[str, Any]) -> dict[str, Any]:
+        """The recipe's look-back, loss and ``drop_last`` scoring for forecaster ``variant`` at the
+        horizon of ``options`` (see :mod:`formers.timeseries.recipe`)."""
+        r = forecaster_recipe(variant, options.get("horizon") or DEFAULT_HORIZON)
+        return {"look_back": r.look_back, "loss": r.loss, "drop_last": r.drop_last}
+
+    def recipe_train(self, variant: str) -> TrainConfig:
+        """Forecaster ``variant``'s recipe as a TrainConfig on this task's training windows."""
+        r = forecaster_recipe(variant, self.horizon)
+        return r.train_config(self.steps_per_epoch(r.batch_size))
+
+    def recipe_record(self, model_cfg: Any, train_cfg: TrainConfig) -> dict[str, Any]:
+        """The recipe of ``model_cfg.model``: ``name``, ``summary``, ``source``, ``choices``, the
+        declared ``recipe``, and ``changed``: every recipe setting this run used differently
+        (train fields, the task's look_back / loss / drop_last, model fields) as [recipe, used]."""
+        name = model_cfg.model
+        r = forecaster_recipe(name, self.horizon)
+        declared = self.recipe_train(name).to_dict()
+        used = train_cfg.to_dict()
+        changed = {k: [declared[k], used.get(k)] for k in declared
+                   if k not in _NOT_RECIPE and declared[k] != used.get(k)}
+        for k, want in (("look_back", r.look_back), ("loss", r.loss), ("drop_last", r.drop_last)):
+            if self.options[k] != want:
+                changed[k] = [want, self.options[k]]
+        mdict = model_cfg.to_dict()
+        for k, want in r.model.items():
+            if mdict.get(k) != want:
+                changed[f"model.{k}"] = [want, mdict.get(k)]
+        return {"name": name, "summary": r.summary(), "source": r.source, "choices": r.choices,
+                "look_back": self.look_back, "look_back_note": r.look_back_note,
+                "recipe": r.to_dict(), "changed": changed}
 
     # -------------------------------------------------------------------------------- data
     def train_batch(self, step: int, micro: int, batch_size: int) -> dict[str, torch.Tensor]:
@@ -189,11 +237,20 @@ class ForecastTask(Task):
         out = {"val_mse": val["mse"], "val_mae": val["mae"], "test_mse": test["mse"],
                "test_mae": test["mae"], "test_windows": test["windows"], "val_windows": val["windows"],
                "look_back": float(self.look_back), "horizon": float(self.horizon)}
-        if self.options["drop_last"]:
+        if self.options["drop_last"] and len(self.windows["test"]) >= batch_size:
             d = evaluate_model(model, self.windows["test"], batch_size, device, drop_last=True)
             out.update({"test_mse_drop_last": d["mse"], "test_mae_drop_last": d["mae"],
                         "test_windows_drop_last": d["windows"]})
         return out
+
+    def plot_examples(self, models: dict[str, tuple[Task, nn.Module]], path: Any) -> Path:
+        """Forecasts of the target against the truth on 3 test windows
+        (:func:`formers.timeseries.plots.plot_forecasts`)."""
+        from formers.timeseries.plots import plot_forecasts
+
+        looks = ", ".join(f"{m} L={t.look_back}" for m, (t, _) in models.items())
+        return plot_forecasts(models, path, title=f"{self.data.info['file_name']} test windows, "
+                                                 f"H={self.horizon} ({looks})")
 
     def persistence_metrics(self) -> dict[str, float]:
         """Test MSE/MAE of repeating the last observed value (a floor any model must beat)."""

@@ -13,8 +13,13 @@ class TrainConfig(Config):
     """How to train.
 
     max_steps: optimiser steps. batch_size: sequences per micro-batch (global, over all ranks).
-    grad_accum: micro-batches per step. lr: peak learning rate, reached after warmup_steps of
-    linear warm-up, then cosine decay to lr * min_lr_ratio at max_steps. weight_decay: AdamW decay
+    grad_accum: micro-batches per step. lr: peak learning rate. schedule
+    (:func:`formers.train.schedule.lr_at`): ``cosine`` (default): warmup_steps of linear warm-up,
+    then cosine decay to lr * min_lr_ratio at max_steps; ``one_cycle``: torch's ``OneCycleLR``
+    (cosine annealing, ``div_factor`` 25): cosine rise from lr / 25 over warmup_steps, then cosine
+    fall to lr * min_lr_ratio at max_steps; ``step``: lr for the first warmup_steps (no ramp), then
+    multiplied by lr_gamma every lr_step_every steps (the per-epoch ``lradj`` rules of the
+    long-horizon forecasting code: lr_step_every = steps per epoch). weight_decay: AdamW decay
     for matrices (embeddings and weights of linear layers); biases, norms and other 1-D/0-D
     parameters get none (``decay_mixing_weights`` adds DenseFormer's alphas and value-residual
     lambdas to the decayed group, as the DenseFormer reference code does). grad_clip: global-norm clip (0 = off). eval_every / eval_batches:
@@ -34,6 +39,9 @@ class TrainConfig(Config):
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
+    schedule: Literal["cosine", "one_cycle", "step"] = "cosine"
+    lr_gamma: float = 0.5
+    lr_step_every: int = 0
     weight_decay: float = 0.1
     decay_mixing_weights: bool = False
     beta1: float = 0.9
@@ -56,10 +64,16 @@ class TrainConfig(Config):
                        grad_accum=self.grad_accum, lr=self.lr, eval_every=self.eval_every,
                        eval_batches=self.eval_batches)
         check_choice(o, "dtype", self.dtype, ("auto", "fp32", "bf16"))
+        check_choice(o, "schedule", self.schedule, ("cosine", "one_cycle", "step"))
+        if self.schedule == "step" and self.lr_step_every <= 0:
+            raise ValueError(f"{o}.lr_step_every must be > 0 with schedule 'step' (steps between "
+                             f"decays), got {self.lr_step_every}")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise ValueError(f"{o}.lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if self.seed < 0:
             raise ValueError(f"{o}.seed must be >= 0, got {self.seed}")
         for name in ("warmup_steps", "checkpoint_every", "weight_decay", "grad_clip", "sam_rho",
-                     "early_stopping"):
+                     "early_stopping", "lr_step_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{o}.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

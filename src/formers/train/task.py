@@ -74,6 +74,31 @@ class Task(ABC):
         """The task's default budget (overridden field by field from the CLI)."""
         return TrainConfig()
 
+    # Per-model training recipes (optional). A task whose model family trains each model its own
+    # way (e.g. forecasting: every forecaster with its paper's optimiser, batch and look-back)
+    # overrides these three; ``formers train`` / ``formers compare`` then train each variant with
+    # its recipe under the user's flags and options, on the same data, splits, seeds and metrics.
+    @classmethod
+    def recipe_options(cls, variant: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Task options model ``variant``'s recipe sets (``options``: the user's, which win over
+        these; see :func:`make_task_for`). Default: none."""
+        return {}
+
+    def recipe_train(self, variant: str) -> TrainConfig:
+        """The budget model ``variant`` trains with by default. Default: :meth:`default_train`."""
+        return self.default_train()
+
+    def plot_examples(self, models: dict[str, tuple["Task", nn.Module]], path: Any) -> Any:
+        """Optional: write a PNG of each model's predictions on a few held-out examples to
+        ``path`` and return the path. ``models`` maps a name to (the task that model was trained
+        on, the trained model). ``formers compare`` calls it when a task overrides it."""
+        return None
+
+    def recipe_record(self, model_cfg: Any, train_cfg: TrainConfig) -> dict[str, Any] | None:
+        """What a run records about the recipe it trained with (``summary.json``'s ``recipe``:
+        the declared recipe, its source, the fields changed by the user); None: nothing."""
+        return None
+
     @abstractmethod
     def train_batch(self, step: int, micro: int, batch_size: int) -> dict[str, torch.Tensor]:
         """The global micro-batch ``micro`` of optimiser step ``step``: tensors with batch dim first."""
@@ -149,6 +174,15 @@ def check_same_task(saved: dict[str, Any] | None, task: Task, what: str) -> None
     if keys:
         raise ValueError(f"{what}: the run was made with a different task or data (differs in {keys}: "
                          f"run {[saved.get(k) for k in keys]!r:.300}); its numbers would not be comparable")
+
+
+def make_task_for(name: str, seed: int, options: dict[str, Any] | None, variant: str) -> Task:
+    """:func:`make_task` for training model ``variant``: the task class's
+    :meth:`Task.recipe_options` for the variant, with the user's ``options`` on top."""
+    from formers.registry import get
+
+    options = dict(options or {})
+    return make_task(name, seed, {**get("task", name).obj.recipe_options(variant, options), **options})
 
 
 def make_task(name: str, seed: int = 0, options: dict[str, Any] | None = None) -> Task:

@@ -408,7 +408,7 @@ class Trainer:
             save_checkpoint(
                 self.out_dir, self.model, self.optimizer, step=step, train_cfg=self.cfg,
                 best=self.best,
-                schedule={"kind": "warmup_cosine", "lr": self.cfg.lr, "warmup_steps": self.cfg.warmup_steps,
+                schedule={"kind": self.cfg.schedule, "lr": self.cfg.lr, "warmup_steps": self.cfg.warmup_steps,
                           "max_steps": self.cfg.max_steps, "min_lr_ratio": self.cfg.min_lr_ratio,
                           "next_lr": lr_at(step, self.cfg)},
                 extra={"tokens": self.tokens_seen, "world_size": self.dist.world_size,
@@ -572,6 +572,9 @@ class Trainer:
             "dtype": "bf16" if self.amp_dtype == torch.bfloat16 else "fp32",
             "world_size": info.world_size,
         }
+        recipe = self.task.recipe_record(self.model_cfg, cfg)
+        if recipe is not None:
+            summary["recipe"] = recipe
         old_summary = self.out_dir / "summary.json"
         if not step_times and old_summary.is_file():  # nothing trained now: keep the run's own speed
             before = json.loads(old_summary.read_text())
