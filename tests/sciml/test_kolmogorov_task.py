@@ -4,13 +4,13 @@ smoke training that must cut the one-step relative L2 by 4x."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
 import formers.sciml  # noqa: F401  (registers the task and models)
 from formers.sciml.pde.kolmogorov import curriculum
-from formers.sciml.pde.kolmogorov_data import KolmogorovDataSpec
 from formers.sciml.pde.surrogate import predict, relative_l2
 from formers.train.task import make_task
 
@@ -31,10 +31,10 @@ def task(data_dir):
 
 
 def test_data_generated_once_and_described(task, data_dir):
-    files = list((data_dir / "kolmogorov").glob("*.safetensors"))
-    assert len(files) == 1
-    meta = json.loads(files[0].with_suffix(".json").read_text())
-    assert meta["spec"]["grid"] == 16 and meta["params"]["equation"] == "ns2d"
+    folders = list((data_dir / "kolmogorov").iterdir())
+    assert len(folders) == 1
+    meta = json.loads((folders[0] / "meta.json").read_text())
+    assert meta["params"]["grid"] == 16 and meta["equation"] == "ns2d" and meta["n_samples"] == 6
     again = make_task("kolmogorov", 0, {**TINY, "data": str(data_dir)})  # read back, not regenerated
     assert again.describe() == task.describe()
     assert task.splits["train"].shape == (4, 40, 16, 16, 1)
@@ -76,13 +76,17 @@ def test_bad_input_clear_errors(task, data_dir, tmp_path):
         make_task("kolmogorov", 0, {**TINY, "forcing_wavenumber": 8, "data": str(tmp_path)})
     with pytest.raises(ValueError, match="surrogate"):
         task.model_config("no-such-model")
-    # a data file holding NaN is refused with its name
-    from safetensors.torch import save_file
-    spec = KolmogorovDataSpec(grid=16, n_trajectories=6, n_frames=40, burn_in=0.5, forcing_wavenumber=4)
-    bad = torch.zeros(6, 40, 16, 16)
+    with pytest.raises(ValueError, match="grid"):  # FNO's 12 modes need >= 24 points per axis
+        task.build_model(task.model_config("fno").replace(modes=12))
+    # a data shard holding NaN is refused with its name
+    from safetensors.torch import load_file, safe_open, save_file
+    shutil.copytree(data_dir / "kolmogorov", tmp_path / "kolmogorov")
+    shard = next((tmp_path / "kolmogorov").glob("*/shard-00000.safetensors"))
+    with safe_open(str(shard), "pt") as f:
+        meta = f.metadata()
+    bad = load_file(str(shard))["data"]
     bad[2, 3, 4, 5] = float("nan")
-    (tmp_path / "kolmogorov").mkdir()
-    save_file({"vorticity": bad}, str(tmp_path / "kolmogorov" / f"ns2d-16-{spec.key()}.safetensors"))
+    save_file({"data": bad}, str(shard), metadata=meta)
     with pytest.raises(ValueError, match="NaN"):
         make_task("kolmogorov", 0, {**TINY, "data": str(tmp_path)})
 

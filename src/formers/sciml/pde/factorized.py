@@ -85,9 +85,9 @@ def domain_group_norm(z: torch.Tensor, groups: int, eps: float = 1e-8) -> torch.
     """FactFormer's domain-wise GroupNorm: z (batch, *grid, groups * c) normalised per sample and
     group over every grid point and the group's c channels (unbiased variance), no affine."""
     b, c = z.shape[0], z.shape[-1]
-    zg = z.reshape(b, -1, groups, c // groups).transpose(1, 2).reshape(b, groups, -1)
-    zg = (zg - zg.mean(-1, keepdim=True)) / (zg.var(-1, keepdim=True) + eps).sqrt()
-    return zg.reshape(b, groups, -1, c // groups).transpose(1, 2).reshape(z.shape)
+    zg = z.reshape(b, -1, groups, c // groups)
+    var, mean = torch.var_mean(zg, dim=(1, 3), keepdim=True)
+    return ((zg - mean) * torch.rsqrt(var + eps)).reshape(z.shape)
 
 
 def instance_norm(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

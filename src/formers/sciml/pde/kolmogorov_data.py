@@ -1,17 +1,18 @@
 """The Kolmogorov-flow data set of the ``kolmogorov`` task: generated on first use with the
 project's solver (:func:`formers.sciml.pde.navier_stokes.navier_stokes_2d`) and cached in the data
-directory as one safetensors file with its parameters (a JSON sidecar and the file's metadata).
+directory in the project's shard format (:mod:`formers.sciml.pde.shards`: safetensors shards and a
+``meta.json`` sidecar with every parameter, written atomically, resumable).
 
 Data directory: the task's ``data`` option (``--data DIR``), else ``$FORMERS_DATA``, else the user
-cache ``$XDG_CACHE_HOME/formers/data`` (``~/.cache/formers/data``); files go to ``DIR/kolmogorov/``.
-The file name carries a hash of every generation parameter, so other settings never reuse it.
+cache ``$XDG_CACHE_HOME/formers/data`` (``~/.cache/formers/data``); the folder
+``DIR/kolmogorov/ns2d-<grid>-<hash>/`` carries a hash of every generation parameter, so other
+settings never reuse it. ``formers data pde --equation ns2d ...`` makes the same format.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,6 @@ from typing import Any
 
 import torch
 
-from formers.atomic import atomic_write, write_json
 from formers.config import Config
 
 
@@ -69,65 +69,39 @@ def data_root(data: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "formers" / "data"
 
 
-def _sha256(path: Path) -> str:
+def _sha256(paths: list[Path]) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
-
-
-def generate(spec: KolmogorovDataSpec, device: str | torch.device = "cpu", chunk: int = 8,
-             quiet: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Run the solver for ``spec`` in chunks of ``chunk`` trajectories with a progress bar (frames,
-    rate, ETA). Returns (vorticity (n_trajectories, n_frames, grid, grid) float32, parameters)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from formers.sciml.pde.navier_stokes import navier_stokes_2d
-
-    parts, params = [], {}
-    total = spec.n_trajectories * spec.n_frames
-    columns = (TextColumn("kolmogorov data"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=quiet) as bar:
-        task = bar.add_task("generate", total=total)
-        for first in range(0, spec.n_trajectories, chunk):
-            n = min(chunk, spec.n_trajectories - first)
-            w, params = navier_stokes_2d(n, **spec.solver_fields(), seed=spec.seed, first_index=first,
-                                         device=device, progress=lambda k: bar.advance(task, k * n))
-            parts.append(w)
-    params = {**params, "first_index": 0, "n_samples": spec.n_trajectories}
-    return torch.cat(parts), params
 
 
 def load_or_generate(spec: KolmogorovDataSpec, data: str | os.PathLike | None = None,
                      device: str | torch.device = "cpu", quiet: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The data set of ``spec``: read from the data directory, or generated (progress bar) and
-    written there atomically first. Returns (vorticity (n_trajectories, n_frames, grid, grid),
-    info: file, sha256, spec and the solver's parameters).
+    """The data set of ``spec``: read from ``DATA/kolmogorov/ns2d-<grid>-<hash>/`` (the shard
+    format of :mod:`formers.sciml.pde.shards`), or generated there first (progress bar; a killed
+    generation resumes at the next missing shard). Returns (vorticity (n_trajectories, n_frames,
+    grid, grid) float32, info: folder, sha256 of the shards, spec and the solver's parameters).
 
-    Raises ValueError when the file holds NaN/inf or has the wrong shape (delete it to regenerate),
-    or when the solver blows up (its BlowUpError names the frame and settings)."""
-    from safetensors.torch import load_file, save_file
+    Raises ValueError when a shard holds NaN/inf or has the wrong shape (the message names the
+    file; delete the folder to regenerate it), or when the solver blows up (BlowUpError names the
+    frame and the settings)."""
+    from formers.sciml.pde.shards import generate_shards, load_shards, shard_path
 
-    folder = data_root(data) / "kolmogorov"
-    path = folder / f"ns2d-{spec.grid}-{spec.key()}.safetensors"
-    if not path.is_file():
-        w, params = generate(spec, device, quiet=quiet)
-        meta = {"spec": spec.to_dict(), "params": params}
-        atomic_write(path, lambda tmp: save_file({"vorticity": w.contiguous()}, tmp,
-                                                 metadata={"json": json.dumps(meta, default=str)}))
-        write_json(path.with_suffix(".json"), meta)
-    w = load_file(str(path))["vorticity"]
+    folder = data_root(data) / "kolmogorov" / f"ns2d-{spec.grid}-{spec.key()}"
+    try:
+        w, meta = load_shards(folder)
+    except FileNotFoundError:
+        generate_shards("ns2d", folder, spec.n_trajectories, seed=spec.seed, device=str(device),
+                        quiet=quiet, **spec.solver_fields())
+        w, meta = load_shards(folder)
     want = (spec.n_trajectories, spec.n_frames, spec.grid, spec.grid)
     if tuple(w.shape) != want:
-        raise ValueError(f"{path}: vorticity has shape {tuple(w.shape)}, expected {want}; delete the "
-                         f"file to regenerate it")
-    if not torch.isfinite(w).all():
-        bad = int((~torch.isfinite(w)).sum())
-        raise ValueError(f"{path}: the data hold {bad} NaN/inf values; delete the file to regenerate "
-                         f"it (or lower dt)")
-    info = {"file": path.name, "sha256": _sha256(path), "spec": spec.to_dict(),
-            "seconds_per_frame": spec.record_dt, "vorticity_std": float(w.std()),
-            "frames_total": math.prod(w.shape[:2])}
+        raise ValueError(f"{folder}: vorticity has shape {tuple(w.shape)}, expected {want}; delete the "
+                         f"folder to regenerate it")
+    info = {"folder": folder.name, "sha256": _sha256([shard_path(folder, i) for i in range(meta["n_shards"])]),
+            "spec": spec.to_dict(), "solver": meta["params"], "seconds_per_frame": spec.record_dt,
+            "vorticity_std": float(w.std())}
     return w, info
