@@ -203,3 +203,21 @@ def test_shapes_steps_and_bad_input(tmp_path):
     atomic_write(tmp_path / "model.safetensors", lambda t: save_model(m3, t))
     write_json(tmp_path / "config.json", m3.cfg.to_dict())
     torch.testing.assert_close(load_surrogate(tmp_path)(x3), m3(x3))
+
+
+def test_grid_softmax_baseline_mixes_every_point_through_the_project_attention(monkeypatch):
+    """The full-attention baseline: one layer already couples every pair of grid points, and its
+    attention goes through formers.nn's attend core."""
+    import formers.nn.attention.softmax as sm
+
+    calls = []
+    real = sm.attend
+    monkeypatch.setattr(sm, "attend", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    torch.manual_seed(0)
+    m = build_surrogate(surrogate_config("softmax", t_in=2, t_out=1, d_model=16, n_layers=1, n_heads=2))
+    x = torch.randn(1, 2, 6, 5, 1, requires_grad=True)
+    m(x)[0, 0, 0, 0, 0].backward()
+    assert calls == [(1, 2, 30, 8)]                     # (batch, heads, N = 6 * 5 points, head_dim)
+    assert (x.grad[0, :, :, :, 0].abs().sum(0) > 0).all()  # the corner output sees every point
+    with pytest.raises(ValueError, match="max_points"):
+        build_surrogate(surrogate_config("softmax", max_points=20))(torch.randn(1, 1, 6, 5, 1))
