@@ -21,8 +21,9 @@ paper's model is d_model 512, 4 / 12 (or 16) layers, 16 heads (~70-86M parameter
 paper's corruption (noise up to 0.1, up to 50% of the points dropped), Adam-style AdamW with
 warm-up and cosine decay, gradient clipping at 1, bf16 autocast.
 
-Writes benchmarks/results/odeformer-odebench-DEVICE.json (atomically) with the settings, the
-run's training summary, per-setting accuracies by dimension and per-system records.
+Phase 3 is formers.sciml.ode.compare (the harness of `formers compare odebench`): it writes
+benchmarks/results/odebench-odeformer-gpu-cuda.json / .md atomically after every (model,
+setting), and a re-run skips the pairs already done, so it too can span several calls.
 """
 
 from __future__ import annotations
@@ -80,44 +81,23 @@ def train(args) -> dict:
 
 
 def bench(args) -> dict:
-    from formers.atomic import write_json
-    from formers.info import system_info
-    from formers.sciml.ode import baselines
-    from formers.sciml.ode.odebench import BenchmarkConfig, load_odebench, run_benchmark
-    from formers.sciml.ode.predict import ODEFormerFitConfig, odeformer_fit
-    from formers.train.trainer import git_commit
+    """ODEBench through formers.sciml.ode.compare (resumable, atomic JSON/MD after each pair)."""
+    from formers.sciml.ode.compare import compare_odebench, one_at_a_time
 
-    systems = load_odebench(ids=tuple(args.ids))
-    fits = {}
-    for name in args.models.split(","):
-        if name == "odeformer":
-            cfg = ODEFormerFitConfig(model=str(args.run), device=args.device, method=args.method,
-                                     beam_size=args.beam_size, temperature=args.temperature)
-            fits[name] = lambda t, x, cfg=cfg: odeformer_fit(t, x, cfg)
-        else:
-            fits[name] = baselines.get_baseline(name)
-    results = []
-    for noise, drop in SETTINGS:
-        for name, fit in fits.items():
-            t0 = time.perf_counter()
-            r = run_benchmark(fit, BenchmarkConfig(noise=noise, subsample=drop, seed=args.seed), systems,
+    odeformer = {"model": str(args.run), "device": args.device, "method": args.method,
+                 "beam_size": args.beam_size, "temperature": args.temperature}
+    settings = one_at_a_time([0.0, 0.05], [0.5])
+    name = "odeformer-smoke" if args.smoke else f"{args.variant}-{'cpu' if args.device == 'cpu' else 'cuda'}"
+    result = compare_odebench(args.models.split(","), settings, args.results, name, args.seed, args.ids,
+                              {"odeformer": odeformer},
                               progress=None if args.quiet else lambda m: print(m, file=sys.stderr))
-            results.append({"model": name, "noise": noise, "subsample": drop, "summary": r["summary"],
-                            "seconds": round(time.perf_counter() - t0, 1), "records": r["records"]})
-            s = r["summary"]["all"]
-            print(f"{name:10s} noise {noise:<4} drop {drop:<3}: reconstruction {s['acc_reconstruction']:.3f} "
-                  f"generalisation {s['acc_generalization']:.3f} ({s['mean_fit_seconds']:.2f} s/system)")
-    summary_file = Path(args.run) / "summary.json"
-    record = {"benchmark": "ODEBench (63 systems) after benchmarks/odeformer_train.py", "smoke": args.smoke,
-              "system": system_info(), "commit": git_commit(), "variant": args.variant,
-              "decode": {"method": args.method, "beam_size": args.beam_size, "temperature": args.temperature},
-              "train_summary": json.loads(summary_file.read_text()) if summary_file.is_file() else None,
-              "results": results}
-    dev = "cpu" if args.device == "cpu" else "cuda"
-    path = ROOT / "benchmarks" / "results" / f"odeformer-odebench-{dev}{'-smoke' if args.smoke else ''}.json"
-    write_json(path, record)
-    print(f"written: {path}")
-    return record
+    for r in result["results"]:
+        s = r["summary"]["all"]
+        print(f"{r['model']:10s} noise {r['noise']:<4} drop {r['subsample']:<3}: reconstruction "
+              f"{s['acc_reconstruction']:.3f} generalisation {s['acc_generalization']:.3f} "
+              f"({s['mean_fit_seconds']:.2f} s/system)")
+    print(f"written: {result['files']['json']}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--ids", type=int, nargs="*", default=[])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
@@ -160,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup, args.eval_every, args.checkpoint_every = 1, 4, 2
         args.eval_size, args.eval_decode, args.max_tokens = 8, 2, 60
         args.beam_size, args.ids, args.minutes, args.models = 2, args.ids or [1, 2, 24], 5, "odeformer,sindy"
+        args.results = smoke
     for phase in (["gen", "train", "bench"] if args.phase == "all" else [args.phase]):
         {"gen": gen, "train": train, "bench": bench}[phase](args)
     return 0
