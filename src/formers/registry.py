@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator
 KINDS = ("attention", "ffn", "norm", "position", "residual", "cache", "model", "task", "forecaster",
          "surrogate",  # surrogate: PDE surrogate models on grids (FNO, FactFormer, ...)
          "pinn",  # pinn: physics-informed models of coordinates (PINNsFormer, PINN MLP, QRes, FLS)
-         "weather")  # weather: WeatherFormer encoders and their fine-tuning heads
+         "weather",  # weather: WeatherFormer encoders and their fine-tuning heads
+         "symbolic")  # symbolic: trajectory -> equation models (ODEFormer variants)
 
 
 @dataclass(frozen=True)
