@@ -31,6 +31,11 @@ class TrainConfig(Config):
     early_stopping: patience in evaluations (0 = off): stop when the task's selection metric
     (``Task.select_metric``, default ``Task.metric``) has not improved for this many evaluations,
     and report the final metrics at the best evaluation's weights (kept in ``RUN/best/``).
+    optimizer: ``adamw`` (default; with weight_decay 0 it is Adam) or ``lbfgs``:
+    ``torch.optim.LBFGS`` with the strong-Wolfe line search (history 100), ``lbfgs_max_iter``
+    iterations per optimiser step at learning rate ``lr`` (the full-batch optimiser of PINNs; the
+    step's closure re-runs every micro-batch). L-BFGS takes no gradient clipping (grad_clip must be
+    0: its line search needs the true gradient) and no SAM.
     """
 
     max_steps: int = 1000
@@ -57,6 +62,8 @@ class TrainConfig(Config):
     quiet: bool = False
     sam_rho: float = 0.0
     early_stopping: int = 0
+    optimizer: Literal["adamw", "lbfgs"] = "adamw"
+    lbfgs_max_iter: int = 20
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
@@ -64,6 +71,12 @@ class TrainConfig(Config):
                        grad_accum=self.grad_accum, lr=self.lr, eval_every=self.eval_every,
                        eval_batches=self.eval_batches)
         check_choice(o, "dtype", self.dtype, ("auto", "fp32", "bf16"))
+        check_choice(o, "optimizer", self.optimizer, ("adamw", "lbfgs"))
+        check_positive(o, lbfgs_max_iter=self.lbfgs_max_iter)
+        if self.optimizer == "lbfgs" and (self.grad_clip > 0 or self.sam_rho > 0):
+            raise ValueError(f"{o}: optimizer 'lbfgs' takes no grad_clip or sam_rho (its line search "
+                             f"needs the true gradient); got grad_clip = {self.grad_clip}, "
+                             f"sam_rho = {self.sam_rho}: set them to 0")
         check_choice(o, "schedule", self.schedule, ("cosine", "one_cycle", "step"))
         if self.schedule == "step" and self.lr_step_every <= 0:
             raise ValueError(f"{o}.lr_step_every must be > 0 with schedule 'step' (steps between "

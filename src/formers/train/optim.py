@@ -59,10 +59,12 @@ def _fused_ok(params: list[torch.Tensor]) -> bool:
     return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)) over :func:`param_groups`.
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)) over :func:`param_groups`, or with
+    ``cfg.optimizer == "lbfgs"`` ``LBFGS(lr=cfg.lr, max_iter=cfg.lbfgs_max_iter,
+    line_search_fn="strong_wolfe")`` over every trainable parameter (one group, no weight decay).
 
-    Uses the fused CUDA kernel (``fused=True``) when every parameter is on CUDA and this torch
+    AdamW uses the fused CUDA kernel (``fused=True``) when every parameter is on CUDA and this torch
     supports it. The ``names`` entry of each group is kept for inspection (AdamW ignores it).
     Call after moving the model to its device.
 
@@ -73,6 +75,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     params = [p for g in groups for p in g["params"]]
     if not params:
         raise ValueError("build_optimizer: the model has no trainable parameters")
+    if cfg.optimizer == "lbfgs":
+        return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter, line_search_fn="strong_wolfe")
     groups = [g for g in groups if g["params"]]
     kwargs = {"fused": True} if _fused_ok(params) else {}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kwargs)

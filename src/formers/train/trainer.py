@@ -5,7 +5,9 @@ Per optimiser step ``s`` (0-based): the learning rate is :func:`~formers.train.s
 each rank keeps rows ``rank::world_size``), ``task.loss / grad_accum`` is back-propagated, the
 global gradient norm is clipped, and AdamW steps. With ``sam_rho`` > 0 the step is sharpness-aware
 (:class:`~formers.train.optim.SAM`): the same micro-batches are run a second time at the
-perturbed weights w + ρ g/‖g‖ and AdamW steps from w with those gradients. Validation (``task.evaluate``, rank 0 only) runs
+perturbed weights w + ρ g/‖g‖ and AdamW steps from w with those gradients. With ``optimizer`` =
+``lbfgs`` the step is one ``LBFGS.step(closure)`` whose closure re-runs the step's micro-batches at
+every line-search evaluation (no clipping). Validation (``task.evaluate``, rank 0 only) runs
 every ``eval_every`` steps and at the end; checkpoints every ``checkpoint_every`` steps and at the
 end. With ``early_stopping`` = N > 0, training stops once the task's selection metric has not
 improved for N evaluations, and the final metrics are measured at the best evaluation's weights
@@ -420,6 +422,8 @@ class Trainer:
         """One optimiser step; returns (mean train loss over ranks and micro-batches, grad norm, tokens)."""
         cfg, info = self.cfg, self.dist
         set_lr(self.optimizer, lr_at(step, cfg))
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            return self._lbfgs_step(step)
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
         batches = []
@@ -441,12 +445,41 @@ class Trainer:
         if cfg.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         else:
-            norms = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
-            gnorm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+            gnorm = self._grad_norm()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         train_loss = D.all_reduce_mean(loss_sum / cfg.grad_accum, info)
         return float(train_loss.item()), float(gnorm.item()), tokens
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The global L2 norm of the current gradients (0 when there are none)."""
+        norms = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+    def _lbfgs_step(self, step: int) -> tuple[float, float, int]:
+        """One L-BFGS step (``TrainConfig.optimizer = "lbfgs"``). Its closure, called once per function
+        evaluation of the strong-Wolfe line search (at most 1.25 * lbfgs_max_iter times), zeroes the
+        gradients, runs forward + backward over every micro-batch of the step and returns the loss
+        averaged over micro-batches and ranks, so every rank takes the same step. Returns (the loss
+        before the step, the norm of the last evaluated gradient, tokens)."""
+        cfg, info = self.cfg, self.dist
+        batches, tokens = [], 0
+        for micro in range(cfg.grad_accum):
+            batch = self.task.train_batch(step, micro, cfg.batch_size)
+            tokens += int(self.task.tokens_per_batch(batch))
+            batches.append({k: v.to(self.device, non_blocking=True) for k, v in D.shard(batch, info).items()})
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=self.device)
+            for micro, batch in enumerate(batches):
+                total += self._forward_backward(micro, batch)
+            return D.all_reduce_mean(total / cfg.grad_accum, info)
+
+        loss = self.optimizer.step(closure)
+        gnorm = self._grad_norm()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss), float(gnorm.item()), tokens
 
     def _forward_backward(self, micro: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Forward + backward of one micro-batch (loss / grad_accum); returns the detached loss."""

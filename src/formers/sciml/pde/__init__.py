@@ -9,4 +9,4 @@ from formers.sciml.pde import navier_stokes_3d  # noqa: F401
 from formers.sciml.pde import grid_softmax, kolmogorov  # noqa: F401
 from formers.sciml.pde import burgers  # noqa: F401
 from formers.sciml.pde import fno  # noqa: F401
-from formers.sciml.pde import pinnsformer, pinn_baselines, pinn_problems  # noqa: F401
+from formers.sciml.pde import pinnsformer, pinn_baselines, pinn_problems, pinn_task  # noqa: F401

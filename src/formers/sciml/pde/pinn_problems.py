@@ -143,12 +143,18 @@ class Problem(ABC):
 @dataclass
 class Problem1D(Problem):
     """A 1-D (x, t) problem on a rectangle; initial condition at t = lower t, boundaries at the two
-    x ends. Subclasses give the residual, the initial and boundary terms and the exact solution."""
+    x ends. Subclasses give the residual, the initial and boundary terms and the exact solution.
+
+    test_grid: points per side of the test grid (101 in the paper; smaller for smoke tests)."""
 
     inputs: ClassVar[tuple[str, ...]] = ("x", "t")
     lower: ClassVar[tuple[float, float]] = (0.0, 0.0)
     upper: ClassVar[tuple[float, float]] = (2 * math.pi, 1.0)
-    test_grid: ClassVar[int] = 101
+    test_grid: int = 101
+
+    def __post_init__(self) -> None:
+        if isinstance(self.test_grid, bool) or not isinstance(self.test_grid, int) or self.test_grid < 2:
+            raise ValueError(f"{self.name}: test_grid must be an int >= 2, got {self.test_grid!r}")
 
     def exact(self, x: Tensor, t: Tensor) -> Tensor:
         """u(x, t), any matching shapes (torch, differentiable)."""
@@ -179,7 +185,7 @@ class Problem1D(Problem):
                 "bc": self.boundary_loss(run(model, data["bc_lo"]), run(model, data["bc_hi"]))}
 
     def test_points(self) -> Tensor:
-        """(101², 2) test points of the 101 x 101 grid."""
+        """(test_grid², 2) points of the test grid (101 x 101 in the paper)."""
         return grid_points(self.lower, self.upper, self.test_grid, self.test_grid).reshape(-1, 2)
 
     @torch.no_grad()
@@ -370,7 +376,8 @@ PROBLEMS: dict[str, type[Problem]] = {c.name: c for c in (Convection, Reaction, 
 
 def get_problem(name: str, **options: object) -> Problem:
     """The problem ``name`` (``convection``, ``reaction``, ``wave``, ``ns``) with its options
-    (``first_derivative_bug`` for ``ns``). Raises ValueError for an unknown PDE or option."""
+    (``test_grid`` for the 1-D ones, ``first_derivative_bug`` for ``ns``). Raises ValueError for an
+    unknown PDE or option."""
     if name not in PROBLEMS:
         raise ValueError(f"unknown PDE {name!r}; known: {sorted(PROBLEMS)}")
     cls = PROBLEMS[name]
