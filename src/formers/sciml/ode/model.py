@@ -24,7 +24,6 @@ Deviations from the reference (also in docs/papers.md):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,13 @@ from formers.nn.cache import KVCache
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
 from formers.nn.models import EncoderDecoder, make_cache
-from formers.registry import Paper
+from formers.registry import Paper, register
 
 PAPER = Paper("ODEFormer: Symbolic Regression of Dynamical Systems with Transformers", "2310.05573",
-              "§3 (model), App. A (architecture)")
+              "§3 (model, tokenisation, inference)")
 
 FLOAT_TOKENS = 3  # sign, mantissa, exponent (the paper's float_descriptor_length)
+KIND = "symbolic"  # registry kind of the ODEFormer variants
 
 
 @dataclass
@@ -247,23 +247,14 @@ def build_odeformer(cfg: ODEFormerConfig) -> ODEFormer:
 
 def load_odeformer(folder: str | Path, device: str | torch.device = "cpu") -> ODEFormer:
     """An ODEFormer saved as ``config.json`` + ``model.safetensors`` (a run's ``ckpt/`` or ``best/``
-    folder, or :func:`formers.nn.io.save_model`'s output). Never unpickles.
+    folder, or :func:`formers.nn.io.save_model`'s output), in eval mode. Never unpickles.
 
     Raises FileNotFoundError for missing files, ValueError for a bad config or mismatched weights."""
-    from safetensors.torch import load_model as st_load
+    from formers.nn.family import load_family
 
-    folder = Path(folder)
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found (an ODEFormer folder holds config.json "
-                                    f"and model.safetensors)")
-    try:
-        cfg = ODEFormerConfig.from_dict(json.loads((folder / "config.json").read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"{folder / 'config.json'} is not a valid ODEFormer config: {e}") from None
-    model = ODEFormer(cfg)
-    try:
-        st_load(model, str(folder / "model.safetensors"), strict=True, device=str(device))
-    except Exception as e:  # safetensors raises its own types for corrupt files / shapes
-        raise ValueError(f"cannot load {folder / 'model.safetensors'}: {e}") from None
-    return model.to(device).eval()
+    return load_family(KIND, folder, device).eval()
+
+
+for _name in VARIANTS:  # one class, one registry entry per named shape (cfg.model names it)
+    register(KIND, _name, config=ODEFormerConfig, paper=PAPER,
+             summary=f"ODEFormer {_name}: point embedder + encoder-decoder, prefix tokens out")(ODEFormer)
