@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null && echo sudo)
+
+.PHONY: setup demo test clean browser-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +22,12 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/formers compare lm --out runs/demo
 
-test: setup
+# the explainer's browser tests drive Debian's Chromium through Playwright (playwright itself is in
+# the dev extra; it never downloads a browser): about 30 s of apt on a fresh machine, nothing after
+browser-deps:
+	test -x $(CHROMIUM) || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver)
+
+test: setup browser-deps
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -87,6 +87,9 @@ def test_generate_steps_greedy(server):
     status, body = request(srv, "POST", "/api/generate", {"text": "ab", "steps": 2, "temperature": 0})
     r = json.loads(body)
     assert status == 200 and len(r["ids"]) == 4 and len(r["steps"]) == 2
+    # from ids (what the page sends after generating: a byte need not be valid text)
+    st2, body2 = request(srv, "POST", "/api/generate", {"ids": [104, 255, 257], "steps": 1, "temperature": 0})
+    assert st2 == 200 and json.loads(body2)["ids"][:3] == [104, 255, 257]
     ids = list(b"ab")
     for step in r["steps"]:  # greedy = argmax of the full forward, one token at a time
         nxt = int(ex.models[0].model(torch.tensor([ids]))[0, -1].argmax())
@@ -103,6 +106,8 @@ def test_generate_steps_greedy(server):
     ({"text": "ab", "layer": 9}, 400, "layer"),
     ({"text": "ab", "model": 5}, 400, "model"),
     ({"text": "ab", "mode": "top5"}, 400, "mode"),
+    ({"ids": [1, 300]}, 400, "token ids in [0, 259)"),
+    ({"ids": "abc"}, 400, "token ids"),
 ])
 def test_bad_requests_get_clear_messages(server, body, status, match):
     st, out = request(server[1], "POST", "/api/forward", body)

@@ -81,12 +81,20 @@ class Explainer:
         return self.models[i]
 
     def _ids(self, m: Loaded, req: dict, room: int = 0) -> list[int]:
-        text = _field(req, "text", str, None, lambda v: 0 < len(v) <= MAX_PROMPT_CHARS,
-                      f"non-empty text of at most {MAX_PROMPT_CHARS} characters")
-        try:
-            ids = m.tokenizer.encode(text)
-        except ValueError as e:
-            raise ApiError(str(e)) from None
+        """The request's tokens: ``ids`` (a list of token ids, e.g. after generation, which need
+        not decode to valid text) or else ``text`` (tokenized)."""
+        vocab = m.model.cfg.vocab_size
+        if req.get("ids") is not None:
+            ids = _field(req, "ids", list, None, lambda v: len(v) <= MAX_PROMPT_CHARS and all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in v),
+                f"a list of at most {MAX_PROMPT_CHARS} token ids in [0, {vocab})")
+        else:
+            text = _field(req, "text", str, None, lambda v: 0 < len(v) <= MAX_PROMPT_CHARS,
+                          f"non-empty text of at most {MAX_PROMPT_CHARS} characters")
+            try:
+                ids = m.tokenizer.encode(text)
+            except ValueError as e:
+                raise ApiError(str(e)) from None
         limit = m.model.cfg.max_seq_len - room
         if not ids:
             raise ApiError("the text gives no tokens")
