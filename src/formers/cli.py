@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional
 
 import tyro
 
+from formers.explain.command import explain_cmd
 from formers.train.config import TrainConfig
 
 
@@ -590,6 +591,7 @@ COMMANDS = {
     "bench": bench_cmd,
     "data": data_cmd,
     "ode": ode_cmd,
+    "explain": explain_cmd,
 }
 
 
