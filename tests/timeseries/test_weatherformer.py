@@ -199,7 +199,7 @@ def test_splits_are_disjoint_and_target_depends_on_weather():
 # ------------------------------------------------------------------ tasks and a short training run
 def test_pretraining_reduces_masked_loss_and_finetune_task_loads_it(tmp_path):
     """200 Adam steps of masked-variable pretraining must cut the validation masked MSE to below
-    0.6 of the untrained model's and below 0.6 of the mean predictor's (about 1)."""
+    0.3 of the untrained model's and below 0.3 of the mean predictor's (about 1); it reaches about 0.2."""
     torch.manual_seed(0)
     task = WeatherPretrainTask(seed=0, seq_len=26, min_masked=1, max_masked=3, val_windows=64, **SMALL)
     cfg = task.model_config().replace(d_model=16, n_heads=2, n_layers=1, dropout=0.0)
@@ -214,7 +214,7 @@ def test_pretraining_reduces_masked_loss_and_finetune_task_loads_it(tmp_path):
         loss.backward()
         opt.step()
     after = task.evaluate(model.eval(), 1, 64, dev)["val_loss"]
-    assert after < 0.6 * before and after < 0.6 * task.zero_mse, (before, after, task.zero_mse)
+    assert after < 0.3 * before and after < 0.3 * task.zero_mse, (before, after, task.zero_mse)
 
     save_model(model, tmp_path / "pre")
     with pytest.raises(ValueError, match="max_seq_len"):  # a 26-step encoder cannot read a 52-week year
@@ -259,5 +259,8 @@ def test_observed_variables_hide_the_others_for_every_arm():
     assert torch.equal(model(x2, *args[1:]), out)
     x2[:, :, 0] += 5.0  # T2M_MAX, observed
     assert not torch.equal(model(x2, *args[1:]), out)
+    model.train()  # evaluate scores in eval mode (dropout 0.1 off) and gives the mode back
+    dev = torch.device("cpu")
+    assert ft.evaluate(model, 1, 64, dev) == ft.evaluate(model, 1, 64, dev) and model.training
     with pytest.raises(ValueError, match="observed must name"):
         WeatherFinetuneTask(observed=["RAIN"], **SMALL)

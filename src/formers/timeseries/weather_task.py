@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,17 @@ def step_times(n: int, time_encoding: str, start_week: np.ndarray | None = None)
         return np.broadcast_to(np.arange(n, dtype=np.float32), (len(start), n)).copy()
     weeks = (start[:, None] + np.arange(n)[None, :]) % W.WEEKS
     return W.week_days()[weeks].astype(np.float32)
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode inside the block (its mode restored after)."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
 
 
 def _r2(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -194,15 +206,15 @@ class WeatherPretrainTask(_WeatherTask):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, n_batches: int, batch_size: int,
                  device: torch.device) -> dict[str, float]:
-        """Masked MSE over every validation window (``n_batches`` is ignored)."""
+        """Masked MSE over every validation window in eval mode (``n_batches`` is ignored)."""
         sse, count = 0.0, 0
-        n = self.val["x"].shape[0]
-        for i in range(0, n, batch_size):
-            b = {k: v[i:i + batch_size].to(device) for k, v in self.val.items()}
-            pred = model(b["x"], b["time"], b["coords"], b["mask"])
-            k = int(b["mask"].sum()) * self.seq_len
-            sse += float(masked_mse(pred, b["x"], b["mask"])) * k
-            count += k
+        with eval_mode(model):
+            for i in range(0, self.val["x"].shape[0], batch_size):
+                b = {k: v[i:i + batch_size].to(device) for k, v in self.val.items()}
+                pred = model(b["x"], b["time"], b["coords"], b["mask"])
+                k = int(b["mask"].sum()) * self.seq_len
+                sse += float(masked_mse(pred, b["x"], b["mask"])) * k
+                count += k
         return {"val_loss": sse / count}
 
     def describe(self) -> dict[str, Any]:
@@ -248,7 +260,7 @@ class WeatherFinetuneTask(_WeatherTask):
     default_models = ("weatherformer-regressor",)
 
     def __init__(self, seed: int = 0, n_labelled: int = 64, init: str | None = None, freeze: bool = False,
-                 time_encoding: str | None = None, observed: list[str] | None = None, n_archive: int = 48,
+                 time_encoding: str | None = None, observed: str | list[str] | None = None, n_archive: int = 48,
                  n_crop: int = 32, n_years: int = 20, data_seed: int = 0) -> None:
         if observed is not None:
             if isinstance(observed, str):
@@ -335,11 +347,13 @@ class WeatherFinetuneTask(_WeatherTask):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, split: str, batch_size: int, device: torch.device) -> torch.Tensor:
-        """Predictions (n,) of ``model`` on ``split`` (``train``, ``val``, ``test``), on CPU."""
+        """Predictions (n,) of ``model`` (in eval mode) on ``split`` (``train``, ``val``, ``test``), on CPU."""
         s = self.splits[split]
         out = []
-        for i in range(0, s["y"].shape[0], batch_size):
-            out.append(model(*(s[k][i:i + batch_size].to(device) for k in ("x", "time", "coords", "mask")))[:, 0].float().cpu())
+        with eval_mode(model):
+            for i in range(0, s["y"].shape[0], batch_size):
+                out.append(model(*(s[k][i:i + batch_size].to(device)
+                                   for k in ("x", "time", "coords", "mask")))[:, 0].float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()
