@@ -99,7 +99,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("labelled training rows (location-years)")
     ax.set_ylabel("test R² (mean ± std over seeds)")
-    ax.set_title("downstream yield proxy")
+    ax.set_title(f"downstream yield proxy; inputs: {result.get('observed', 'all')} variables", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     ax2 = fig.add_subplot(122)
