@@ -21,6 +21,7 @@ const state = { info: null, compare: false, generated: 0, seed: 0, busy: 0, last
 window.__explain = state;  // read by the browser tests
 
 async function api(path, body) {
+  if (window.FORMERS_BACKEND) return window.FORMERS_BACKEND(path, body);  // the static export
   const r = await fetch(path, body === undefined ? {} : {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   const data = await r.json();
@@ -149,7 +150,7 @@ function renderPane(pane, r, m, idx) {
   }
   const ex = r.extras[a.layer] || {};
   const notes = [];
-  if (ex.dwa_alpha) notes.push(`DenseFormer: after this block the stream is a weighted average of earlier streams (sources ${ex.dwa_sources.join(", ")}; weights ${ex.dwa_alpha.map((x) => fmt(x, 3)).join(", ")}).`);
+  if (ex.dwa_alpha) notes.push(`DenseFormer: after this block the stream is a weighted average of earlier streams (sources ${(ex.dwa_sources || []).join(", ")}; weights ${ex.dwa_alpha.map((x) => fmt(x, 3)).join(", ")}).`);
   if (ex.value_mix) notes.push(`Value residual: this layer's values are ${fmt(ex.value_mix[0], 2)} \u00d7 layer 1's values + ${fmt(ex.value_mix[1], 2)} \u00d7 its own.`);
   $(".layer-extras", pane).textContent = notes.join(" ");
   // 4. residual stream
