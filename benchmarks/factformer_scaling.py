@@ -33,14 +33,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from formers.atomic import atomic_write, write_json, write_text
 from formers.bench.attention import _glibc_setup, _is_oom, _read_status_kb, _reset_hwm
 from formers.nn.attention.core import attend
 from formers.sciml.pde.factorized import FactorizedAttention
 from formers.train.trainer import git_commit
+from pde_bench import device_tag, two_panels, write_all
 
 GRIDS = [(64, 64), (128, 128), (256, 256), (32, 32, 32), (64, 64, 64)]
 SMOKE_GRIDS = [(8, 8), (16, 16), (4, 4, 4)]
@@ -145,29 +144,16 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    time_s, mem_s = [], []
     for arm in ("factorized", "galerkin", "softmax"):
         for nd, style in ((2, "-o"), (3, "--s")):
-            pts = [(r["n_points"], r["time_ms"], r["mem_mb"]) for r in rows
-                   if r["arm"] == arm and r["n_dims"] == nd and r["status"] == "ok"]
-            if pts:
-                axes[0].loglog([p[0] for p in pts], [p[1] for p in pts], style, label=f"{arm} {nd}-D")
-                m = [(p[0], p[2]) for p in pts if p[2] and p[2] > 0]
-                if m:
-                    axes[1].loglog([p[0] for p in m], [p[1] for p in m], style, label=f"{arm} {nd}-D")
-    axes[0].set(xlabel="grid points N", ylabel="fwd+bwd ms", title="time")
-    axes[1].set(xlabel="grid points N", ylabel="peak MiB", title="memory")
-    for ax in axes:
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+            ok = [r for r in rows if r["arm"] == arm and r["n_dims"] == nd and r["status"] == "ok"]
+            time_s.append(([r["n_points"] for r in ok], [r["time_ms"] for r in ok], style, f"{arm} {nd}-D"))
+            ok = [r for r in ok if r["mem_mb"] and r["mem_mb"] > 0]
+            mem_s.append(([r["n_points"] for r in ok], [r["mem_mb"] for r in ok], style, f"{arm} {nd}-D"))
+    two_panels(path, title, [
+        {"xlabel": "grid points N", "ylabel": "fwd+bwd ms", "title": "time", "scale": "loglog", "series": time_s},
+        {"xlabel": "grid points N", "ylabel": "peak MiB", "title": "memory", "scale": "loglog", "series": mem_s}])
 
 
 def main() -> None:
@@ -215,22 +201,16 @@ def main() -> None:
                 last[arm] = (n, rec["time_ms"])
             rows.append(rec)
             print(rec, file=sys.stderr, flush=True)
-    tag = "cpu" if not cuda else torch.cuda.get_device_name(args.device).replace(" ", "_")
-    tag += "-smoke" if args.smoke else ""
+    tag = device_tag(args.device, args.smoke)
     result = {"benchmark": "factformer_scaling", "device": tag, "dtype": str(dtype).replace("torch.", ""),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "commit": git_commit(),
               "block": {"dim": 128, "n_heads": 8, "head_dim": 64, "kernel_multiplier": 2, "batch": 1},
               "measure": "forward + backward of one block; CUDA: max_memory_allocated rise; CPU: VmHWM rise",
               "rows": rows}
-    base = args.out / f"factformer_scaling-{tag}"
-    write_json(base.with_suffix(".json"), result)
-    md = table(rows)
-    write_text(base.with_suffix(".md"), f"FactFormer scaling ({tag}, {result['dtype']}, torch "
-               f"{torch.__version__}): one block, forward + backward\n\n{md}")
-    plot(rows, base.with_suffix(".png"), f"factorised vs Galerkin vs softmax attention, {tag}")
-    print(md)
-    print(f"written: {base}.json/.md/.png")
-
+    write_all(args.out / f"factformer_scaling-{tag}", result,
+              f"FactFormer scaling ({tag}, {result['dtype']}, torch {torch.__version__}): one block, "
+              f"forward + backward", table(rows),
+              lambda png: plot(rows, png, f"factorised vs Galerkin vs softmax attention, {tag}"))
 
 if __name__ == "__main__":
     main()

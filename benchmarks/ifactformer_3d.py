@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from formers.atomic import atomic_write, write_json, write_text
 from formers.sciml.pde.ifactformer import IFactFormer, IFactFormerConfig, IFactFormerOConfig
 from formers.sciml.pde.navier_stokes_3d import navier_stokes_3d
 from formers.sciml.pde.surrogate import relative_l2
 from formers.train.trainer import git_commit
+from pde_bench import device_tag, two_panels, write_all
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -99,24 +99,12 @@ def train_arm(cfg, data, args, device) -> dict:
 
 
 def plot(arms: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    for a in arms:
-        ax[0].semilogy([c["step"] for c in a["curve"]], [c["test_one_step_rel_l2"] for c in a["curve"]],
-                       label=f"{a['model']} ({a['params']:,} params)")
-        ax[1].plot(range(1, len(a["rollout_rel_l2"]) + 1), a["rollout_rel_l2"], label=a["model"])
-    ax[0].set(xlabel="step", ylabel="test one-step rel. L2", title="training")
-    ax[1].set(xlabel="rollout step", ylabel="rel. L2", title="autoregressive rollout")
-    for a_ in ax:
-        a_.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    curves = [([c["step"] for c in a["curve"]], [c["test_one_step_rel_l2"] for c in a["curve"]], "-",
+               f"{a['model']} ({a['params']:,} params)") for a in arms]
+    rolls = [(list(range(1, len(a["rollout_rel_l2"]) + 1)), a["rollout_rel_l2"], "-", a["model"]) for a in arms]
+    two_panels(path, title, [
+        {"xlabel": "step", "ylabel": "test one-step rel. L2", "title": "training", "scale": "semilogy", "series": curves},
+        {"xlabel": "rollout step", "ylabel": "rel. L2", "title": "autoregressive rollout", "series": rolls}])
 
 
 def main() -> None:
@@ -154,12 +142,9 @@ def main() -> None:
     m_cfg = IFactFormerConfig(**m_fields)
     o_cfg = matched_o_config(m_cfg)
     arms = [train_arm(cfg, data, args, device) for cfg in (m_cfg, o_cfg)]
-    tag = "cpu" if device.type != "cuda" else torch.cuda.get_device_name(device).replace(" ", "_")
-    tag += "-smoke" if args.smoke else ""
+    tag = device_tag(args.device, args.smoke)
     result = {"benchmark": "ifactformer_3d", "device": tag, "torch": torch.__version__, "commit": git_commit(),
               "args": vars(args) | {"out": str(args.out)}, "data": params, "generation_s": gen_s, "arms": arms}
-    base = args.out / f"ifactformer_3d-{tag}"
-    write_json(base.with_suffix(".json"), result)
     marks = [s for s in (1, 10, 25, 50) if s <= len(arms[0]["rollout_rel_l2"])]
     lines = ["| model | params | final one-step rel L2 | " + " | ".join(f"rollout step {s}" for s in marks)
              + " | energy ratio at the last step | train s |",
@@ -169,12 +154,9 @@ def main() -> None:
                      + " | ".join(f"{a['rollout_rel_l2'][s - 1]:.4f}" for s in marks)
                      + f" | {a['rollout_energy_ratio'][-1]:.3f} | {a['train_time_s']:.0f} |")
     md = "\n".join(lines) + "\n"
-    write_text(base.with_suffix(".md"), f"IFactFormer -m vs -o, 3-D forced turbulence {args.grid}^3 ({tag}, "
-               f"{args.steps} steps)\n\n{md}")
-    plot(arms, base.with_suffix(".png"), f"IFactFormer -m vs -o at equal parameters, {args.grid}^3, {tag}")
-    print(md)
-    print(f"written: {base}.json/.md/.png")
-
+    write_all(args.out / f"ifactformer_3d-{tag}", result,
+              f"IFactFormer -m vs -o, 3-D forced turbulence {args.grid}^3 ({tag}, {args.steps} steps)", md,
+              lambda png: plot(arms, png, f"IFactFormer -m vs -o at equal parameters, {args.grid}^3, {tag}"))
 
 if __name__ == "__main__":
     main()

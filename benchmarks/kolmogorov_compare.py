@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 import formers.sciml  # noqa: F401  (registers the task and the models)
-from formers.atomic import write_json, write_text
 from formers.bench.compare import compare, table_markdown
 from formers.train.task import make_task
 from formers.train.trainer import git_commit
+from pde_bench import device_tag, write_all
 
 SMOKE = {"grid": 16, "n_train": 4, "n_val": 1, "n_test": 1, "n_frames": 40, "t_in": 4, "t_out": 2,
          "rollout": 8, "burn_in": 0.5, "forcing_wavenumber": 4, "curriculum_length": 10,
@@ -55,25 +55,18 @@ def main() -> None:
     if not args.smoke:  # scale the curriculum / pushforward schedule to the budget (reference: 6.6% / 8.8%)
         options.update(curriculum_length=max(steps // 5, 1), pushforward_after=max(steps // 4, 1))
     models = [m.strip() for m in args.models.split(",")]
-    tag = "cpu" if not args.device.startswith("cuda") else torch.cuda.get_device_name(args.device).replace(" ", "_")
-    tag += "-smoke" if args.smoke else ""
+    tag = device_tag(args.device, args.smoke)
     work = args.work / tag
     result = compare("kolmogorov", models, args.seeds, tcfg, work, options)
     floor = make_task("kolmogorov", 0, options).persistence_metrics()
     result.update({"benchmark": "kolmogorov_compare", "device": tag, "torch": torch.__version__,
                    "commit": git_commit(), "persistence": floor, "task_options": options})
     base = args.out / f"kolmogorov_compare-{tag}"
-    write_json(base.with_suffix(".json"), result)
-    md = table_markdown(result)
-    write_text(base.with_suffix(".md"), f"Kolmogorov flow ({tag}, {steps} steps, batch {args.batch_size}): "
-               f"relative L2 (lower is better)\n\n{md}\npersistence (repeat the last frame): one-step "
-               f"{floor['test_one_step_rel_l2']:.4f}, rollout {floor['test_rollout_rel_l2']:.4f}\n")
-    if (work / "compare.png").is_file():
-        shutil.copyfile(work / "compare.png", base.with_suffix(".png"))
-    print(md)
-    print(f"persistence: {floor}")
-    print(f"written: {base}.json/.md")
-
+    write_all(base, result, f"Kolmogorov flow ({tag}, {steps} steps, batch {args.batch_size}): relative L2 "
+              f"(lower is better); persistence (repeat the last frame): one-step "
+              f"{floor['test_one_step_rel_l2']:.4f}, rollout {floor['test_rollout_rel_l2']:.4f}",
+              table_markdown(result),
+              (lambda png: shutil.copyfile(work / "compare.png", png)) if (work / "compare.png").is_file() else None)
 
 if __name__ == "__main__":
     main()

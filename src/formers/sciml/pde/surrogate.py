@@ -23,7 +23,6 @@ Adding a model is registering one class::
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from formers.config import Config
-from formers.registry import get
+from formers.nn.family import build_family, family_config, family_config_from_dict, load_family
 
 
 @dataclass
@@ -104,46 +103,26 @@ def check_fields(model: nn.Module, x: torch.Tensor, multiple_of: int = 1, min_si
 
 def surrogate_config(name: str, **fields: Any) -> SurrogateConfig:
     """The config of registered surrogate ``name`` with ``fields`` set (unknown fields -> ValueError)."""
-    entry = get("surrogate", name)
-    if entry.config is None:
-        raise ValueError(f"surrogate {name!r} was registered without a config class")
-    return entry.config.from_dict({**fields, "model": name})
+    return family_config("surrogate", name, **fields)
 
 
 def config_from_dict(data: dict[str, Any]) -> SurrogateConfig:
     """Rebuild a surrogate config from ``cfg.to_dict()`` (its ``model`` field names the class)."""
-    if not isinstance(data, dict) or "model" not in data:
-        raise ValueError(f"a surrogate config dict needs a 'model' field, got {data!r:.200}")
-    return surrogate_config(data["model"], **{k: v for k, v in data.items() if k != "model"})
+    return family_config_from_dict("surrogate", data)
 
 
 def build_surrogate(cfg: SurrogateConfig) -> nn.Module:
     """The module of ``cfg`` (its registered class called with ``cfg``)."""
     if not isinstance(cfg, SurrogateConfig):
         raise TypeError(f"build_surrogate: expected a SurrogateConfig, got {type(cfg).__name__}")
-    return get("surrogate", cfg.model).obj(cfg)
+    return build_family("surrogate", cfg)
 
 
 def load_surrogate(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """A surrogate saved as ``config.json`` + ``model.safetensors`` (never unpickles).
 
     Raises FileNotFoundError for missing files, ValueError for a bad config or mismatched weights."""
-    from safetensors.torch import load_model as st_load
-
-    folder = Path(folder)
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found")
-    try:
-        cfg = config_from_dict(json.loads((folder / "config.json").read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"{folder / 'config.json'} is not a valid surrogate config: {e}") from None
-    model = build_surrogate(cfg)
-    try:
-        st_load(model, str(folder / "model.safetensors"), strict=True, device=str(device))
-    except Exception as e:
-        raise ValueError(f"cannot load {folder / 'model.safetensors'}: {e}") from None
-    return model.to(device)
+    return load_family("surrogate", folder, device)
 
 
 def relative_l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
