@@ -93,6 +93,8 @@ def train_run(pde: str, model: str, run: str, device: str, target: int, deadline
         summary = Trainer(task, cfg, tcfg, run_dir, resume=run_dir.exists()).fit()
         step_s = (time.time() - t0) / n
         step = step + n
+    if summary is None and (run_dir / "summary.json").is_file():  # nothing left to train: the last summary
+        summary = json.loads((run_dir / "summary.json").read_text())
     return {"pde": pde, "model": model, "steps": step, "target": target, **(summary or {})}
 
 

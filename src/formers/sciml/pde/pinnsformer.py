@@ -256,7 +256,7 @@ class PINNsFormerLayer(nn.Module):
 
 
 @register(KIND, "pinnsformer", config=PINNsFormerConfig, paper=PAPER,
-          summary="PINNsFormer: encoder-decoder over the pseudo-sequence [x, t + i dt], Wavelet activations")
+          summary="PINNsFormer: encoder-decoder over the pseudo-sequence (x, t + i dt), Wavelet activations")
 class PINNsFormer(nn.Module):
     """PINNsFormer: x (batch, k, d_in) -> u (batch, k, d_out), the fields at every pseudo-time point.
 
