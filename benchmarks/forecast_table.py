@@ -181,20 +181,22 @@ def write(result: dict, path: Path, copy_to: Path | None) -> None:
 
 
 def plot(horizon: int, models: list[str], runs: Path, path: Path) -> Path | None:
-    """Forecasts of seed 0 of every model whose run folder is here, on three test windows."""
+    """Forecasts on three test windows of every model with a run folder here (its lowest seed)."""
     import formers.timeseries  # noqa: F401
     from formers.timeseries.plots import plot_forecasts
     from formers.train.task import make_task_for
 
     entries = {}
     for m in models:
-        best = runs / f"h{horizon}" / m / "seed0" / "best"
-        if (best / "model.safetensors").is_file():
-            task = make_task_for("forecast", 0, {"dataset": "ETTh1", "horizon": horizon}, m)
-            entries[f"{m} (L={task.look_back})"] = (task, task.load_model(best))
+        bests = sorted((runs / f"h{horizon}" / m).glob("seed*/best/model.safetensors"),
+                       key=lambda p: int(p.parent.parent.name[4:]))
+        if bests:
+            seed = int(bests[0].parent.parent.name[4:])
+            task = make_task_for("forecast", seed, {"dataset": "ETTh1", "horizon": horizon}, m)
+            entries[f"{m} (L={task.look_back}, seed {seed})"] = (task, task.load_model(bests[0].parent))
     if not entries:
         return None
-    return plot_forecasts(entries, path, title=f"ETTh1 test windows, H={horizon}, seed 0")
+    return plot_forecasts(entries, path, title=f"ETTh1 test windows, H={horizon}")
 
 
 # ------------------------------------------------------------------------------ main
