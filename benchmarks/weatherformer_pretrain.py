@@ -15,9 +15,10 @@ POWER / soybean data is not available offline), per seed:
 
 Reports test MSE and R² (standardised target, 256 test location-years from crop locations that
 pretraining never saw) as mean ± std over seeds, and the pretraining masked-MSE before/after.
-Writes ``benchmarks/results/weatherformer-pretrain.json`` and ``.png`` atomically.
+Writes ``benchmarks/results/weatherformer-pretrain[-partial][-cuda].json`` and ``.png`` atomically
+(``-partial`` with ``--observed``, ``-cuda`` off the CPU).
 
-    # the CPU runs, in three calls of under 8 minutes each on a busy 2-core machine:
+    # the CPU runs, in three calls (4, 6.5 and 10.5 minutes on the busy shared 2-core machine):
     nice .venv/bin/python benchmarks/weatherformer_pretrain.py --pretrain-only
     nice .venv/bin/python benchmarks/weatherformer_pretrain.py --reuse-pretrain
     nice .venv/bin/python benchmarks/weatherformer_pretrain.py --reuse-pretrain --observed T2M_MAX,T2M_MIN,PRECTOT
@@ -140,7 +141,8 @@ def main() -> None:
     if args.smoke:
         data = {"n_archive": 4, "n_crop": 20, "n_years": 20}
         sizes, args.seeds, args.pretrain_steps, args.finetune_steps = [8, 16], 2, 6, 6
-    name = "weatherformer-pretrain" + ("-partial" if args.observed else "") + ("-smoke" if args.smoke else "")
+    name = ("weatherformer-pretrain" + ("-partial" if args.observed else "")
+            + ("" if args.device == "cpu" else f"-{args.device.split(':')[0]}") + ("-smoke" if args.smoke else ""))
     default = (args.runs if args.smoke else ROOT / "benchmarks" / "results") / f"{name}.json"
     out = args.out or default
     t_start = time.perf_counter()
