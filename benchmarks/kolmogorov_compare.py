@@ -7,6 +7,7 @@ benchmarks/results/kolmogorov_compare-<device>.json / .md / .png.
 
     .venv/bin/python benchmarks/kolmogorov_compare.py --device cuda            # GPU (~4 min)
     .venv/bin/python benchmarks/kolmogorov_compare.py --smoke                  # CPU check (~1 min)
+    .venv/bin/python benchmarks/kolmogorov_compare.py --steps 150 --opt grid=32 forcing_wavenumber=4  # CPU
 
 Data: generated on first use into --data (default: the formers data directory) by the project's
 pseudo-spectral solver at the task's defaults (64^2, 24/4/8 train/val/test trajectories of 80
@@ -20,6 +21,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import yaml
 
 import formers.sciml  # noqa: F401  (registers the task and the models)
 from formers.bench.compare import compare, table_markdown
@@ -41,10 +43,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--data", default=None, help="data directory (default: the formers data directory)")
+    p.add_argument("--opt", nargs="*", default=[], help="task options key=value (e.g. grid=32 forcing_wavenumber=4)")
     p.add_argument("--work", type=Path, default=Path("runs/kolmogorov_compare"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
     options = dict(SMOKE) if args.smoke else {}
+    for item in args.opt:
+        key, _, value = item.partition("=")
+        options[key] = yaml.safe_load(value)
     if args.data:
         options["data"] = args.data
     steps = args.steps or (30 if args.smoke else 1500)
@@ -53,9 +59,10 @@ def main() -> None:
         max_steps=steps, batch_size=args.batch_size, device=args.device, quiet=True,
         eval_every=max(steps // 3, 1), checkpoint_every=max(steps // 3, 1))
     if not args.smoke:  # scale the curriculum / pushforward schedule to the budget (reference: 6.6% / 8.8%)
-        options.update(curriculum_length=max(steps // 5, 1), pushforward_after=max(steps // 4, 1))
+        options.setdefault("curriculum_length", max(steps // 5, 1))
+        options.setdefault("pushforward_after", max(steps // 4, 1))
     models = [m.strip() for m in args.models.split(",")]
-    tag = device_tag(args.device, args.smoke)
+    tag = device_tag(args.device, args.smoke) + (f"-{options['grid']}" if "grid" in options and not args.smoke else "")
     work = args.work / tag
     result = compare("kolmogorov", models, args.seeds, tcfg, work, options)
     floor = make_task("kolmogorov", 0, options).persistence_metrics()
