@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import formers.sciml  # noqa: F401  (registers the task and models)
-from formers.sciml.pde.kolmogorov import curriculum
+from formers.sciml.pde.field_task import curriculum
 from formers.sciml.pde.surrogate import predict, relative_l2
 from formers.train.task import make_task
 
@@ -31,7 +31,7 @@ def task(data_dir):
 
 
 def test_data_generated_once_and_described(task, data_dir):
-    folders = list((data_dir / "kolmogorov").iterdir())
+    folders = list((data_dir / "fields").iterdir())
     assert len(folders) == 1
     meta = json.loads((folders[0] / "meta.json").read_text())
     assert meta["params"]["grid"] == 16 and meta["equation"] == "ns2d" and meta["n_samples"] == 6
@@ -40,6 +40,7 @@ def test_data_generated_once_and_described(task, data_dir):
     assert task.splits["train"].shape == (4, 40, 16, 16, 1)
     tr = task.splits["train"]
     assert abs(float(tr.mean())) < 1e-5 and abs(float(tr.std()) - 1) < 1e-4  # normalised by train stats
+    assert task.describe()["normalisation"]["std"][0] > 0.5  # vorticity std in physical units
 
 
 def test_curriculum_matches_the_reference_sampler():
@@ -80,8 +81,8 @@ def test_bad_input_clear_errors(task, data_dir, tmp_path):
         task.build_model(task.model_config("fno").replace(modes=12))
     # a data shard holding NaN is refused with its name
     from safetensors.torch import load_file, safe_open, save_file
-    shutil.copytree(data_dir / "kolmogorov", tmp_path / "kolmogorov")
-    shard = next((tmp_path / "kolmogorov").glob("*/shard-00000.safetensors"))
+    shutil.copytree(data_dir / "fields", tmp_path / "fields")
+    shard = next((tmp_path / "fields").glob("*/shard-00000.safetensors"))
     with safe_open(str(shard), "pt") as f:
         meta = f.metadata()
     bad = load_file(str(shard))["data"]
@@ -105,3 +106,22 @@ def test_smoke_training_cuts_one_step_error_4x(task):
     after = task.evaluate(m, 1, 8, torch.device("cpu"))
     assert after["val_one_step_rel_l2"] < 0.25 * before["val_one_step_rel_l2"], (before, after)
     assert after["test_rollout_rel_l2"] < before["test_rollout_rel_l2"]
+
+
+def test_turbulence3d_task_trains_ifactformer_on_3d_velocity(tmp_path):
+    """The 3-D member of the family: velocity (3 channels) on a periodic box, per-channel z-score,
+    one-step models, a rollout metric; -m and -o build from the same task."""
+    t = make_task("turbulence3d", 0, dict(grid=8, n_train=2, n_val=1, n_test=1, n_frames=12, rollout=6,
+                                          eval_stride=4, burn_in=0.2, forcing_k=2.0, data=str(tmp_path),
+                                          quiet=True))
+    assert t.splits["train"].shape == (2, 12, 8, 8, 8, 3)
+    mean = t.splits["train"].mean(dim=(0, 1, 2, 3, 4))
+    assert torch.allclose(mean, torch.zeros(3), atol=1e-5)  # per velocity component
+    for name in ("ifactformer-m", "ifactformer-o"):
+        m = t.build_model(t.model_config(name).replace(d_model=24, n_heads=2, head_dim=8, n_iter=2))
+        loss = t.loss(m, t.train_batch(0, 0, 2))
+        loss.backward()
+        scores = t.evaluate(m, 1, 4, torch.device("cpu"))
+        assert torch.isfinite(loss) and scores["test_windows"] == 2 and scores["rollout_frames"] == 6
+    with pytest.raises(ValueError, match="n_dims"):
+        t.build_model(make_task("kolmogorov", 0, {**TINY, "data": str(tmp_path)}).model_config("fno"))

@@ -6,7 +6,7 @@ Importing this package registers its parts and tasks (one import line per module
 from formers.sciml.pde import navier_stokes  # noqa: F401
 from formers.sciml.pde import factformer, ifactformer  # noqa: F401
 from formers.sciml.pde import navier_stokes_3d  # noqa: F401
-from formers.sciml.pde import grid_softmax, kolmogorov  # noqa: F401
+from formers.sciml.pde import grid_softmax, kolmogorov, turbulence3d  # noqa: F401
 from formers.sciml.pde import burgers  # noqa: F401
 from formers.sciml.pde import fno  # noqa: F401
 from formers.sciml.pde import pinnsformer, pinn_baselines, pinn_problems, pinn_task  # noqa: F401
