@@ -1,12 +1,6 @@
 """The explainer's page in a real browser: Playwright (Python) driving Debian's Chromium headless
-against a server started here on two tiny saved models. Screenshots go to tmp/artifacts/explain/
-(or $FORMERS_ARTIFACTS/explain). `make test` installs Chromium and Playwright; the tests fail with
-an install hint where they are missing (set FORMERS_SKIP_BROWSER=1 to skip them on purpose)."""
-
-import os
-import shutil
-import tempfile
-from pathlib import Path
+(the ``browser`` fixture of conftest.py) against a server started here on two tiny saved models.
+Screenshots go to tmp/artifacts/explain/ (or $FORMERS_ARTIFACTS/explain)."""
 
 import pytest
 
@@ -14,43 +8,21 @@ from formers.explain.api import Explainer
 from formers.explain.load import load
 from formers.explain.server import start_in_thread
 
-CHROMIUM = os.environ.get("FORMERS_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(os.environ.get("FORMERS_ARTIFACTS", Path(__file__).resolve().parents[2] / "tmp" / "artifacts")) / "explain"
-TIMEOUT = 30_000  # ms; the machine is shared
-
-if os.environ.get("FORMERS_SKIP_BROWSER") == "1":
-    pytest.skip("FORMERS_SKIP_BROWSER=1", allow_module_level=True)
-
 
 @pytest.fixture(scope="module")
-def page(tiny_models):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the browser tests need the Python package playwright: pip install -e '.[dev]' (or make test)")
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"the browser tests need Chromium at {CHROMIUM}: apt-get install -y chromium chromium-driver "
-                    f"(make test does it)")
+def page(tiny_models, browser, artifacts):
     srv, url = start_in_thread(Explainer([load(tiny_models[0]), load(tiny_models[1])]))
-    profile = tempfile.mkdtemp(prefix="explain-chromium-")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=FLAGS, headless=True,
-                                                   viewport={"width": 1400, "height": 1000})
-        pg = ctx.new_page()
-        pg.set_default_timeout(TIMEOUT)
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(url)
-        pg.wait_for_selector("body[data-ready='1']")
-        yield pg
-        assert not errors, errors
-        ctx.close()
+    pg = browser.new_page()
+    pg.artifacts = artifacts
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(url)
+    pg.wait_for_selector("body[data-ready='1']")
+    yield pg
+    assert not errors, errors
+    pg.close()
     srv.shutdown()
     srv.server_close()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 def settle(pg):
@@ -78,7 +50,7 @@ def test_1_type_prompt_shows_tokens(page):
     ids = page.eval_on_selector_all(".pane .token", "ts => ts.map(t => Number(t.dataset.id))")
     assert ids == list(b"hello world")
     assert "decoder-only" in page.inner_text(".pane-title")
-    page.screenshot(path=str(ARTIFACTS / "1-prompt.png"), full_page=True)
+    page.screenshot(path=str(page.artifacts / "1-prompt.png"), full_page=True)
 
 
 def test_2_layer_and_head_heatmaps_equal_api(page):
@@ -94,7 +66,7 @@ def test_2_layer_and_head_heatmaps_equal_api(page):
     masked = heat(page, 0, "masked")
     assert all(masked[i][j] == "-inf" for i in range(11) for j in range(i + 1, 11))  # the causal mask
     assert page.eval_on_selector(".head-thumb.selected", "e => e.dataset.head") == "2"
-    page.screenshot(path=str(ARTIFACTS / "2-layer-head.png"), full_page=True)
+    page.screenshot(path=str(page.artifacts / "2-layer-head.png"), full_page=True)
 
 
 def next_probs(pg):
@@ -113,7 +85,7 @@ def test_3_temperature_slider(page):
     assert after == [[c["id"], c["prob"]] for c in r["next"]["candidates"]]
     assert sum(p > 0 for _, p in after) == 5  # top-k 5 from the page's default
     assert after[0][0] == before[0][0] and after[0][1] <= before[0][1]  # hotter = flatter
-    page.screenshot(path=str(ARTIFACTS / "3-temperature.png"), full_page=True)
+    page.screenshot(path=str(page.artifacts / "3-temperature.png"), full_page=True)
 
 
 def test_4_generate_two_tokens(page):
@@ -126,7 +98,7 @@ def test_4_generate_two_tokens(page):
     assert len(gen["ids"]) == 13 and gen["ids"][:11] == list(b"hello world")
     assert page.input_value("#prompt") == gen["text"]
     assert page.eval_on_selector_all(".pane:first-child .token.generated", "ts => ts.length") == 2
-    page.screenshot(path=str(ARTIFACTS / "4-generate.png"), full_page=True)
+    page.screenshot(path=str(page.artifacts / "4-generate.png"), full_page=True)
 
 
 def test_5_compare_two_models(page):
@@ -143,7 +115,7 @@ def test_5_compare_two_models(page):
     shown = heat(page, 1, "softmax")
     assert [[float(x) if x != "-inf" else None for x in row] for row in shown] == r["attention"]["stages"]["softmax"]
     assert "DenseFormer" in page.inner_text(".pane:nth-child(2) .layer-extras")
-    page.screenshot(path=str(ARTIFACTS / "5-compare.png"), full_page=False)
+    page.screenshot(path=str(page.artifacts / "5-compare.png"), full_page=False)
 
 
 def test_6_guided_tour(page):
@@ -154,7 +126,7 @@ def test_6_guided_tour(page):
     assert page.inner_text("#tour-title") == "The causal mask"
     assert "causal mask" in page.inner_text("#tour-text")
     assert page.eval_on_selector(".tour-focus", "e => e.dataset.tour") == "attention"
-    page.screenshot(path=str(ARTIFACTS / "6-tour.png"))
+    page.screenshot(path=str(page.artifacts / "6-tour.png"))
     page.click("#tour-close")
 
 

@@ -14,13 +14,14 @@ Output names (batch 1): ``logits`` (1, seq_len, vocab); ``embed_tok`` (1, seq_le
 ``block_{i}_dwa_alpha`` and ``block_{i}_value_mix`` where the model has them.
 
 The site is the live page (``static/``) plus ``model.onnx``, ``model.json`` (the model's info)
-and the onnxruntime-web wasm runtime, fetched from the npm registry with ``npm`` at export time
-(or copied from ``ort_dir``). Needs the ``export`` extra: ``pip install formers[export]``.
+and the onnxruntime-web wasm runtime, fetched from the npm registry with ``npm`` at the first export
+and kept in the user cache (or copied from ``ort_dir``). Needs the ``export`` extra: ``pip install formers[export]``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -97,6 +98,26 @@ def fetch_ort_web(dest: Path) -> Path:
     return dist
 
 
+def ort_web_dir() -> Path:
+    """A folder holding onnxruntime-web's :data:`ORT_FILES`: the user cache
+    (``$XDG_CACHE_HOME/formers/onnxruntime-web-VERSION``, default ``~/.cache``), filled from the npm
+    registry on first use, so later exports work offline."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "formers"
+    cache = base / f"onnxruntime-web-{ORT_WEB_VERSION}"
+    if all((cache / n).is_file() for n in ORT_FILES):
+        return cache
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        dist = fetch_ort_web(Path(tmp) / "npm")
+        staged = Path(tmp) / "files"
+        staged.mkdir()
+        for name in ORT_FILES:
+            shutil.copy2(dist / name, staged / name)
+        shutil.rmtree(cache, ignore_errors=True)
+        staged.rename(cache)
+    return cache
+
+
 def export_site(loaded, out: str | Path, ort_dir: str | Path | None = None) -> Path:
     """Write the static site of ``loaded`` (a :class:`formers.explain.load.Loaded`) to ``out``.
 
@@ -139,12 +160,11 @@ def export_site(loaded, out: str | Path, ort_dir: str | Path | None = None) -> P
             '<script src="static/app.js"></script>')
         (tmp / "index.html").write_text(html)
         (tmp / "ort").mkdir()
-        with tempfile.TemporaryDirectory() as npm_dir:
-            src_dir = Path(ort_dir) if ort_dir is not None else fetch_ort_web(Path(npm_dir))
-            for name in ORT_FILES:
-                if not (src_dir / name).is_file():
-                    raise RuntimeError(f"{src_dir / name} not found (onnxruntime-web's dist folder holds it)")
-                shutil.copy2(src_dir / name, tmp / "ort" / name)
+        src_dir = Path(ort_dir) if ort_dir is not None else ort_web_dir()
+        for name in ORT_FILES:
+            if not (src_dir / name).is_file():
+                raise RuntimeError(f"{src_dir / name} not found (onnxruntime-web's dist folder holds it)")
+            shutil.copy2(src_dir / name, tmp / "ort" / name)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
