@@ -175,6 +175,8 @@ def train_cmd(
     mcfg = configure_model(t, model, {**cfg_file.get("model", {}), **_pairs(set, "--set")})
     tcfg = _train_config(t, flags, cfg_file.get("train", {}), model)
     recipe = t.recipe_record(mcfg, tcfg)
+    if isinstance(getattr(t, "source", None), str) and not tcfg.quiet:
+        print(f"formers: data: {t.source}", file=sys.stderr)
     if recipe is not None and not tcfg.quiet:
         changed = f"; changed: {recipe['changed']}" if recipe.get("changed") else ""
         print(f"formers: {model} trains with its recipe: {recipe['summary']}{changed}", file=sys.stderr)

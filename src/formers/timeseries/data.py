@@ -315,9 +315,10 @@ class ForecastData:
         return getattr(self, split).shape[0] - self.look_back - self.horizon + 1
 
 
-def prepare(path: str | os.PathLike, *, look_back: int, horizon: int, target: str | None = "OT",
+def prepare(path: str | os.PathLike | Table, *, look_back: int, horizon: int, target: str | None = "OT",
             features: str = "M", split: str = "ratio") -> ForecastData:
-    """Read ``path``, pick the channels, split, and normalise with training statistics.
+    """Read ``path`` (a CSV file, or an already read :class:`Table` such as a bundled series),
+    pick the channels, split, and normalise with training statistics.
 
     features: ``M`` (every numeric column, the target moved last as in Time-Series-Library) or
     ``S`` (the target column only). target: a column name; None or a name that is absent with
@@ -332,7 +333,7 @@ def prepare(path: str | os.PathLike, *, look_back: int, horizon: int, target: st
             raise ValueError(f"{name} must be an int > 0, got {v!r}")
     if features not in ("M", "S"):
         raise ValueError(f"features must be 'M' (all columns) or 'S' (the target only), got {features!r}")
-    tab = read_table(path)
+    tab = path if isinstance(path, Table) else read_table(path)
     names = list(tab.names)
     if target is None:
         target = names[-1]
@@ -348,11 +349,15 @@ def prepare(path: str | os.PathLike, *, look_back: int, horizon: int, target: st
     std = np.where(std > 0, std, 1.0)
     z = ((values - mean) / std).astype(np.float32)
     parts = {k: np.ascontiguousarray(z[a:b]) for k, (a, b) in borders.items()}
-    info = {"file": str(Path(path).resolve()), "file_name": Path(path).name, "bytes": Path(path).stat().st_size,
-            "sha256": sha256_file(path), "rows": int(values.shape[0]), "columns": [names[j] for j in order],
+    if isinstance(path, Table):
+        info: dict[str, Any] = {"file_name": tab.path}
+    else:
+        info = {"file": str(Path(path).resolve()), "file_name": Path(path).name,
+                "bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
+    info.update({"rows": int(values.shape[0]), "columns": [names[j] for j in order],
             "target": target, "features": features, "split": split,
             "borders": {k: list(v) for k, v in borders.items()},
             "first_date": tab.dates[0] if tab.dates else None,
-            "last_date": tab.dates[-1] if tab.dates else None}
+            "last_date": tab.dates[-1] if tab.dates else None})
     return ForecastData(parts["train"], parts["val"], parts["test"], mean, std,
                         [names[j] for j in order], look_back, horizon, borders, info)

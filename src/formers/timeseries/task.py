@@ -70,19 +70,38 @@ def _bare(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def _bundled(dataset: str, data: str | None):
+    """The bundled series ``dataset`` when no file is given, else None."""
+    from formers.timeseries.bundled import BUNDLED
+
+    if dataset not in BUNDLED:
+        return None
+    if data is not None and not Path(data).is_file():
+        raise ValueError(f"forecast task: dataset {dataset!r} ships inside a package; --data takes a CSV "
+                         f"file, or a folder only for the file-based data sets {sorted(D.DATASETS)}")
+    return None if data is not None else BUNDLED[dataset]
+
+
 @register("task", "forecast", paper=PAPER,
-          summary="long-horizon forecasting (ETTh1 default, any CSV); test_mse/test_mae, early stop on val_mse")
+          summary="long-horizon forecasting (bundled co2 default, ETTh1, any CSV); test_mse/test_mae, "
+                  "early stop on validation")
 class ForecastTask(Task):
-    """Multivariate forecasting of a CSV series with the literature's splits and metrics.
+    """Multivariate forecasting of a series with the literature's splits and metrics.
 
     Options:
-        dataset: a known data set (``ETTh1``, ``ETTh2``, ``ETTm1``, ``ETTm2``), found as described
-            in :mod:`formers.timeseries.data` (default ``ETTh1``).
+        dataset: ``co2`` (default: the Mauna Loa weekly CO2 series bundled with statsmodels,
+            :mod:`formers.timeseries.bundled`; runs on any machine without files, needs the
+            ``[data]`` extra), or a file-based data set (``ETTh1``, ``ETTh2``, ``ETTm1``,
+            ``ETTm2``) found as described in :mod:`formers.timeseries.data`. The data used is
+            recorded in ``describe()['source']`` (and printed by ``formers train``).
         data: a CSV file (any file with an optional date column and numeric columns) or a folder
             to look for ``dataset`` in (``--data``); a list of one path is accepted.
         target: the target column (default: the data set's, ``OT`` for ETT, else the last column).
         features: ``M`` (all columns) or ``S`` (the target only).
-        look_back: L input steps (default 512, SAMformer's). horizon: H steps (default 96).
+        look_back: L input steps; default: the bundled series' own (co2: 96 weeks), else the
+            model's recipe look-back when trained through ``formers train`` / ``compare``
+            (:mod:`formers.timeseries.recipe`), else 512 (SAMformer's). horizon: H steps
+            (default: co2 52 weeks, otherwise 96).
         split: ``auto`` (ETT rule for ETTh*/ETTm* files, else 70/10/20), ``ett_hour``,
             ``ett_minute`` or ``ratio``.
         drop_last: also score the test set as Pathformer's code does (last batch dropped).
@@ -100,25 +119,35 @@ class ForecastTask(Task):
     lower_is_better = True
     default_models = ("samformer", "dlinear", "patchtst")
 
-    def __init__(self, seed: int = 0, dataset: str = "ETTh1", data: str | list[str] | None = None,
+    def __init__(self, seed: int = 0, dataset: str = "co2", data: str | list[str] | None = None,
                  target: str | None = None, features: str = "M", look_back: int | None = None,
                  horizon: int | None = None, split: str = "auto", drop_last: bool = False,
                  loss: str = "mse") -> None:
         super().__init__(seed)
-        look_back = DEFAULT_LOOK_BACK if look_back is None else look_back
-        horizon = DEFAULT_HORIZON if horizon is None else horizon
         if isinstance(data, (list, tuple)):
             if len(data) != 1:
                 raise ValueError(f"forecast task: data takes one CSV file or folder, got {list(data)}")
             data = data[0]
+        bundled = _bundled(dataset, None if data is None else str(data))
+        if look_back is None:
+            look_back = bundled.look_back if bundled is not None else DEFAULT_LOOK_BACK
+        if horizon is None:
+            horizon = bundled.horizon if bundled is not None else DEFAULT_HORIZON
         if split not in ("auto",) + D.SPLITS:
             raise ValueError(f"forecast task: split must be one of {['auto', *D.SPLITS]}, got {split!r}")
         if loss not in ("mse", "mae"):
             raise ValueError(f"forecast task: loss must be 'mse' or 'mae', got {loss!r}")
         if not isinstance(drop_last, bool):
             raise ValueError(f"forecast task: drop_last must be true or false, got {drop_last!r}")
-        path = D.find_dataset(dataset, data)
-        spec = D.DATASETS.get(path.stem)
+        if bundled is not None:
+            from formers.timeseries.bundled import load_bundled
+
+            source, bundled_info = load_bundled(dataset)
+            spec = None
+            target = bundled.target if target is None else target
+        else:
+            source = D.find_dataset(dataset, data)
+            spec = D.DATASETS.get(source.stem)
         if split == "auto":
             split = spec.split if spec is not None else "ratio"
         if target is None:
@@ -126,11 +155,19 @@ class ForecastTask(Task):
         self.options = {"dataset": dataset, "data": None if data is None else str(data), "target": target,
                         "features": features, "look_back": look_back, "horizon": horizon,
                         "split": split, "drop_last": drop_last, "loss": loss}
-        self.data = D.prepare(path, look_back=look_back, horizon=horizon, target=target,
+        self.data = D.prepare(source, look_back=look_back, horizon=horizon, target=target,
                               features=features, split=split)
         self.look_back, self.horizon = look_back, horizon
         self.n_channels = len(self.data.columns)
-        self.licence = spec.licence if spec is not None else None
+        self.bundled = bundled
+        if bundled is not None:
+            self.data.info.update(bundled_info)
+            self.licence = bundled.licence
+            self.source = (f"bundled {dataset}: {bundled.source} ({bundled_info['package']}); "
+                           f"{bundled_info['missing_filled']} missing values filled by {bundled.missing}")
+        else:
+            self.licence = spec.licence if spec is not None else None
+            self.source = f"file {self.data.info['file']} (sha256 {self.data.info['sha256'][:12]}...)"
         self.windows = {k: Windows(getattr(self.data, k), look_back, horizon)
                         for k in ("train", "val", "test")}
         self._perm_epoch, self._perm = None, None
@@ -174,8 +211,15 @@ class ForecastTask(Task):
     def recipe_options(cls, variant: str, options: dict[str, Any]) -> dict[str, Any]:
         """The recipe's look-back, loss and ``drop_last`` scoring for forecaster ``variant`` at the
         horizon of ``options`` (see :mod:`formers.timeseries.recipe`)."""
-        r = forecaster_recipe(variant, options.get("horizon") or DEFAULT_HORIZON)
-        return {"look_back": r.look_back, "loss": r.loss, "drop_last": r.drop_last}
+        data = options.get("data")
+        data = data[0] if isinstance(data, (list, tuple)) and len(data) == 1 else data
+        bundled = _bundled(options.get("dataset", "co2"), None if data is None else str(data))
+        default_h = bundled.horizon if bundled is not None else DEFAULT_HORIZON
+        r = forecaster_recipe(variant, options.get("horizon") or default_h)
+        out = {"loss": r.loss, "drop_last": r.drop_last}
+        if bundled is None:  # a bundled series keeps its own look-back
+            out["look_back"] = r.look_back
+        return out
 
     def recipe_train(self, variant: str) -> TrainConfig:
         """Forecaster ``variant``'s recipe as a TrainConfig on this task's training windows."""
@@ -192,7 +236,8 @@ class ForecastTask(Task):
         used = train_cfg.to_dict()
         changed = {k: [declared[k], used.get(k)] for k in declared
                    if k not in _NOT_RECIPE and declared[k] != used.get(k)}
-        for k, want in (("look_back", r.look_back), ("loss", r.loss), ("drop_last", r.drop_last)):
+        look = r.look_back if self.bundled is None else self.bundled.look_back  # a bundled series keeps its own
+        for k, want in (("look_back", look), ("loss", r.loss), ("drop_last", r.drop_last)):
             if self.options[k] != want:
                 changed[k] = [want, self.options[k]]
         mdict = model_cfg.to_dict()
@@ -260,5 +305,6 @@ class ForecastTask(Task):
     def describe(self) -> dict[str, Any]:
         info = {k: v for k, v in self.data.info.items() if k != "file"}
         return {"task": "forecast", "options": self.options, "data": info, "licence": self.licence,
+                "source": self.source,
                 "look_back": self.look_back, "horizon": self.horizon, "n_channels": self.n_channels,
                 "windows": {k: len(w) for k, w in self.windows.items()}}
