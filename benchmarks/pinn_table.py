@@ -63,8 +63,18 @@ def _state_step(run: Path) -> int:
     return json.loads((ckpt / "state.json").read_text())["step"] if ckpt is not None else 0
 
 
-def train_run(pde: str, model: str, run: str, device: str, target: int, deadline: float,
-              grid: int, width: int, smoke: bool, seed: int) -> dict:
+def train_run(*args) -> dict:
+    """:func:`_train_run` in a worker; an exception becomes an ``error`` entry, so one failed run
+    (out of memory, diverged) leaves the others and the table."""
+    try:
+        return _train_run(*args)
+    except Exception as e:  # reported in the table; the run folder keeps its last checkpoint
+        return {"pde": args[0], "model": args[1], "steps": _state_step(Path(args[2])), "target": args[4],
+                "error": f"{type(e).__name__}: {e}"}
+
+
+def _train_run(pde: str, model: str, run: str, device: str, target: int, deadline: float,
+               grid: int, width: int, smoke: bool, seed: int) -> dict:
     """Train (pde, model) towards ``target`` L-BFGS steps in checkpointed chunks until ``deadline``
     (time.time()); returns the last summary (or the state when no step fitted)."""
     import torch
@@ -206,11 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(p, m, str(runs / p / m), device, targets[p], deadline, a.grid, a.width, a.smoke, a.seed)
             for p in pdes for m in models
             if a.smoke or m in PAPER[p]]
-    t0 = time.time()
+    t0, errors = time.time(), []
     with mp.get_context("spawn").Pool(a.jobs) as pool:
         for res in pool.starmap(train_run, jobs, chunksize=1):
             print(f"{res['pde']:>10} {res['model']:>11}: {res['steps']}/{res['target']} steps, "
-                  f"rMAE {res.get('rMAE')}", flush=True)
+                  f"rMAE {res.get('rMAE')}" + (f", ERROR {res['error']}" if "error" in res else ""), flush=True)
+            errors += ["error" in res]
     rows = collect(runs, pdes, models, targets)
     from formers.train.trainer import git_commit
 
@@ -227,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, out / f"{stem}.png")
     print(table_markdown(rows))
     print(f"written: {out / stem}.json / .md / .png  ({time.time() - t0:.0f} s)")
-    return 0 if all(math.isfinite(r["rMAE"] or math.nan) for r in rows) else 1
+    return 0 if not any(errors) and all(math.isfinite(r["rMAE"] or math.nan) for r in rows) else 1
 
 
 if __name__ == "__main__":
