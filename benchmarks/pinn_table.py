@@ -8,7 +8,8 @@ execute in parallel worker processes (``--jobs``; one H200 holds many of these s
 train in chunks that end with a checkpoint, so a time limit (``--time-limit``) stops them cleanly
 and the same command continues them from their checkpoints (``runs/pinn_table/PDE/MODEL``). Results
 are read back from the run folders into ``benchmarks/results/pinn_table-DEVICE.json`` / ``.md`` /
-``.png`` (written atomically after every call); unfinished runs are marked with their step count.
+``.png`` (rMAE curves) / ``-fields.png`` (predictions beside the exact solution), written atomically
+after every call; unfinished runs are marked with their step count.
 
     # one H200, about 6 minutes (re-run the same command to continue unfinished runs):
     python benchmarks/pinn_table.py --device cuda --jobs 10 --time-limit 330
@@ -171,6 +172,43 @@ def plot(rows: list[dict], path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
+def plot_fields(rows: list[dict], path: Path) -> None:
+    """One row per PDE: the exact solution on the 101 x 101 test grid, then each model's prediction
+    (its latest checkpoint), x across and t up."""
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from formers.sciml.pde.pinn_problems import get_problem
+    from formers.sciml.pde.pinnsformer import load_pinn, pseudo_sequence
+    from formers.train.checkpoint import find_checkpoint
+
+    pdes = list(dict.fromkeys(r["pde"] for r in rows))
+    cols = 1 + max(sum(r["pde"] == p for r in rows) for p in pdes)
+    fig = Figure(figsize=(2.6 * cols, 2.4 * len(pdes)), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, pde in enumerate(pdes):
+        prob = get_problem(pde)
+        pts = prob.test_points()
+        n, ext = prob.test_grid, (prob.lower[0], prob.upper[0], prob.lower[1], prob.upper[1])
+        panels = [("exact", prob.exact(pts[:, 0], pts[:, 1]))]
+        for r in (x for x in rows if x["pde"] == pde):
+            ckpt = find_checkpoint(Path(r["run"]))
+            if ckpt is not None:
+                model = load_pinn(ckpt)
+                with torch.no_grad():
+                    panels.append((f"{r['model']} ({r['rMAE']:.3f})", model(pseudo_sequence(model, pts))[:, 0, 0]))
+        lo, hi = float(panels[0][1].min()), float(panels[0][1].max())
+        for j, (title, u) in enumerate(panels):
+            ax = fig.add_subplot(len(pdes), cols, i * cols + j + 1)
+            ax.imshow(u.reshape(n, n).numpy(), origin="lower", extent=ext, aspect="auto", vmin=lo, vmax=hi,
+                      cmap="viridis")
+            ax.set_title(f"{pde}: {title}", fontsize=8)
+            ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
@@ -236,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / f"{stem}.json", result)
     write_text(out / f"{stem}.md", table_markdown(rows))
     plot(rows, out / f"{stem}.png")
+    plot_fields(rows, out / f"{stem}-fields.png")
     print(table_markdown(rows))
     print(f"written: {out / stem}.json / .md / .png  ({time.time() - t0:.0f} s)")
     return 0 if not any(errors) and all(math.isfinite(r["rMAE"] or math.nan) for r in rows) else 1
