@@ -64,3 +64,18 @@ def test_sampling_count_and_errors():
         beam_search(m, pts.expand(2, -1, -1), BOS, EOS, max_len=10)
     with pytest.raises(ValueError, match="max_len"):
         beam_search(m, pts, BOS, EOS, max_len=500)
+
+
+def test_batched_greedy_equals_beam_one_per_trajectory():
+    from formers.sciml.ode.search import greedy
+
+    m = _model(2, 5)
+    rows = [torch.randint(0, 60, (n, 9)) for n in (5, 9, 7)]
+    pts = torch.full((3, 9, 9), 59)
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        pts[i, : len(r)], mask[i, : len(r)] = r, True
+    batched = greedy(m, pts, mask, BOS, EOS, max_len=14)
+    for r, ids in zip(rows, batched):
+        (_, one), = beam_search(m, r[None], BOS, EOS, beam_size=1, max_len=14)
+        assert ids == one

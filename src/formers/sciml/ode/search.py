@@ -122,3 +122,35 @@ def sample(model, points: torch.Tensor, bos: int, eos: int, n_samples: int = 10,
     for row in out[:, 1:].tolist():
         seqs.append(row[:row.index(eos)] if eos in row else row)
     return seqs
+
+
+@torch.no_grad()
+def greedy(model, points: torch.Tensor, point_mask: torch.Tensor | None, bos: int, eos: int,
+           max_len: int) -> list[list[int]]:
+    """Greedy decoding of a padded batch of trajectories at once (the task's validation).
+
+    points: (batch, n_points, point_tokens) int64; point_mask: (batch, n_points) bool or None.
+    Returns one token-id list per trajectory (without BOS/EOS), each equal to
+    :func:`beam_search` at beam 1 on that trajectory alone.
+    """
+    if not 1 <= max_len < model.cfg.max_seq_len:
+        raise ValueError(f"max_len must be in [1, max_output_len - 1 = {model.cfg.max_seq_len - 1}], got {max_len}")
+    was_training = model.training
+    model.eval()
+    b = points.shape[0]
+    memory = model.encode(points, point_mask)
+    cache = model.new_cache()
+    tok = torch.full((b, 1), bos, dtype=torch.long, device=points.device)
+    done = torch.zeros(b, dtype=torch.bool, device=points.device)
+    out = []
+    for _ in range(max_len):
+        nxt = model.decode(tok, memory, point_mask, cache=cache)[:, -1].argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+        out.append(nxt)
+        done = done | (nxt == eos)
+        if bool(done.all()):
+            break
+        tok = nxt[:, None]
+    model.train(was_training)
+    rows = torch.stack(out, dim=1).tolist()
+    return [r[:r.index(eos)] if eos in r else r for r in rows]

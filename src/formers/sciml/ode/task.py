@@ -126,7 +126,7 @@ class ODETask(Task):
             rng = np.random.default_rng([self.seed, 0])
             pool = [laws.law_sample(rng, held_out=False) for _ in range(pool_size)]
             rng = np.random.default_rng([self.seed, 1])
-            return pool, [laws.law_sample(rng, held_out=True) for _ in range(eval_size)]
+            return self._keep(pool), self._keep([laws.law_sample(rng, held_out=True) for _ in range(eval_size)])
         cfg = G.GeneratorConfig(max_dim=self.max_dim, max_prefix_len=self.max_tokens)
         if data is not None:
             folder = Path(data)
@@ -225,7 +225,7 @@ class ODETask(Task):
     def evaluate(self, model: nn.Module, n_batches: int, batch_size: int,
                  device: torch.device) -> dict[str, float]:
         from formers.sciml.ode.predict import r2_of
-        from formers.sciml.ode.search import beam_search
+        from formers.sciml.ode.search import greedy
 
         m = _bare(model)
         was = m.training
@@ -246,16 +246,17 @@ class ODETask(Task):
         n_dec = min(self.options["eval_decode"], len(self.val))
         # decodings longer than twice the longest validation target cannot be what it asks for
         max_len = min(m.cfg.max_output_len - 1, 2 * max(len(s["tokens"]) for s in self.val) + 2)
-        for s in self.val[:n_dec]:
-            t, x = np.asarray(s["t"]), np.asarray(s["x"])
-            pts = torch.from_numpy(tokens.encode_points(t, x, dim))[None].to(device)
-            (_, ids), = beam_search(m, pts, tokens.BOS, tokens.EOS, beam_size=1, max_len=max_len)
-            try:
-                system = tokens.decode_system(ids, dim, dim=x.shape[1])
-            except ValueError:
-                continue
-            parsed += 1
-            solved += r2_of(system, t, x) > 0.9
+        for i in range(0, n_dec, batch_size):
+            part = self.val[i:min(i + batch_size, n_dec)]
+            b = self._encode(part, None, dim)
+            seqs = greedy(m, b["points"].to(device), b["mask"].to(device), tokens.BOS, tokens.EOS, max_len)
+            for s, ids in zip(part, seqs):
+                try:
+                    system = tokens.decode_system(ids, dim, dim=s["x"].shape[1])
+                except ValueError:
+                    continue
+                parsed += 1
+                solved += r2_of(system, s["t"], s["x"]) > 0.9
         m.train(was)
         return {"r2_acc": solved / max(n_dec, 1), "parse_rate": parsed / max(n_dec, 1),
                 "val_loss": total / max(count, 1), "token_acc": correct / max(count, 1),
