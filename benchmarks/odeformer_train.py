@@ -15,7 +15,7 @@ Three phases, each a separate command so that each fits one call (all resume):
     .venv/bin/python benchmarks/odeformer_train.py all --smoke
 
 Model: ``odeformer-gpu`` (d_model 256, 4 encoder / 6 decoder layers, 8 heads, point-token width
-64, max_dimension 6: ~15M parameters, of which ~2.6M are the 10,238-token output embedding) -- the
+64, max_dimension 6: 15.0M parameters, of which 2.6M are the 10,234-token output embedding) -- the
 paper's model is d_model 512, 4 / 12 (or 16) layers, 16 heads (~70-86M parameters) trained on
 ~50M generated systems for days; this run sees ~10^5 systems for minutes. Training uses the
 paper's corruption (noise up to 0.1, up to 50% of the points dropped), Adam-style AdamW with

@@ -17,7 +17,7 @@ Deviations from the reference (also in docs/papers.md):
     * the feed-forward is formers' ``mlp`` part (GELU); the reference XLM code has its own FFN;
     * the default config is a CPU-sized model (``odeformer``); the paper's shape is the named
       config ``odeformer-paper`` (d_model 512, 4 encoder / 12 decoder layers, 16 heads, point
-      token width 64, max_dimension 6: ~70M parameters from the code's defaults; the paper
+      token width 64, max_dimension 6: 71.7M parameters here with the codec vocabulary; the paper
       reports ~86M, which suggests 16 decoder layers);
     * weights other than the point embedder use formers' GPT-2 initialisation (N(0, 0.02)).
 """
