@@ -221,3 +221,16 @@ def test_grid_softmax_baseline_mixes_every_point_through_the_project_attention(m
     assert (x.grad[0, :, :, :, 0].abs().sum(0) > 0).all()  # the corner output sees every point
     with pytest.raises(ValueError, match="max_points"):
         build_surrogate(surrogate_config("softmax", max_points=20))(torch.randn(1, 1, 6, 5, 1))
+
+
+def test_fourier_features_stay_fp32_under_bf16_autocast():
+    from formers.sciml.pde.fourier_features import GaussianFourierFeatures
+
+    torch.manual_seed(0)
+    ff = GaussianFourierFeatures(2, 16, scale=8.0)
+    pts = grid_points(_coords((9, 7))).float()
+    ref = ff(pts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = ff(pts)
+    # only the Linear after the features runs in bf16: errors of bf16 rounding, not of lost phases
+    assert (low.float() - ref).abs().max() < 0.05

@@ -25,7 +25,8 @@ class GaussianFourierFeatures(nn.Module):
     fixed (a buffer saved with the model, not trained: the reference's B has requires_grad=False),
     then a trainable Linear(width, width).
 
-    points: (..., n_dims) -> (..., width). Raises ValueError for an odd width."""
+    points: (..., n_dims) -> (..., width). The phases 2 pi p B are computed in fp32 (also under
+    autocast: in bf16 they would lose whole radians). Raises ValueError for an odd width."""
 
     def __init__(self, n_dims: int, width: int, scale: float = 8.0) -> None:
         super().__init__()
@@ -35,5 +36,9 @@ class GaussianFourierFeatures(nn.Module):
         self.linear = nn.Linear(width, width)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        x = 2 * math.pi * points.to(self.B.dtype) @ self.B
-        return self.linear(torch.cat((x.sin(), x.cos()), dim=-1))
+        # the phases reach hundreds of radians: computed in fp32 even under bf16 autocast
+        dtype = torch.promote_types(self.B.dtype, torch.float32)
+        with torch.autocast(points.device.type, enabled=False):
+            x = 2 * math.pi * points.to(dtype) @ self.B.to(dtype)
+            features = torch.cat((x.sin(), x.cos()), dim=-1).to(self.B.dtype)
+        return self.linear(features)
