@@ -1,6 +1,6 @@
 """The ``ode`` task: train ODEFormer on generated (trajectory, system) pairs.
 
-``formers train ode`` (CPU default: a 2 + 2-layer d_model-128 model, 200 steps of 16 systems from
+``formers train ode`` (CPU default: a 2 + 2-layer d_model-128 model, 100 steps of 16 systems from
 a cached pool of 256 random systems of dimension <= 2; a few minutes, far from useful accuracy), ``formers train ode --model odeformer-gpu --opt data=DIR`` (shards
 from ``formers data ode``), ``formers train ode --model odeformer-tiny --opt family=laws`` (the
 1-D linear/logistic smoke family of :mod:`formers.sciml.ode.laws`).
@@ -209,11 +209,12 @@ class ODETask(Task):
         return model
 
     def default_train(self) -> TrainConfig:
-        """A small CPU budget (minutes): 200 steps of 16 systems, AdamW lr 5e-4 with warm-up and
-        cosine decay, clipping at 1 (paper: Adam 2e-4, 10k warm-up, ~10k tokens per batch)."""
-        return TrainConfig(max_steps=200, batch_size=16, lr=5e-4, warmup_steps=20, weight_decay=0.01,
-                           beta1=0.9, beta2=0.99, grad_clip=1.0, eval_every=100, eval_batches=2,
-                           checkpoint_every=100)
+        """A small CPU budget (about 2.5 CPU-seconds a step for ``odeformer``: a few minutes):
+        100 steps of 16 systems, AdamW lr 5e-4 with warm-up and cosine decay, clipping at 1
+        (paper: Adam 2e-4, 10k warm-up steps, ~10k tokens per batch, far longer)."""
+        return TrainConfig(max_steps=100, batch_size=16, lr=5e-4, warmup_steps=10, weight_decay=0.01,
+                           beta1=0.9, beta2=0.99, grad_clip=1.0, eval_every=50, eval_batches=2,
+                           checkpoint_every=50)
 
     # -------------------------------------------------------------------------------- loss, eval
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
