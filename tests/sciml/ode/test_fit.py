@@ -108,3 +108,12 @@ def test_missing_model_names_the_training_command(tmp_path, capsys):
     csv.write_text("0,1\n1,2\n2,4\n")
     assert main(["ode", "fit", str(csv), "--model", str(tmp_path / "none")]) == 2
     assert "formers train ode" in capsys.readouterr().err
+
+
+def test_bfgs_refinement_recovers_an_off_constant():
+    t = np.linspace(0, 5, 40)
+    x = 1.5 * np.exp(-0.5 * t)[:, None]
+    refined = predict.refine_constants(expr.parse("-0.4*x_0"), t, x)
+    (c,) = [n.value for n in [refined[0].children[0]] if n.op == "const"]
+    assert c == pytest.approx(-0.5, abs=1e-3)
+    assert predict.refine_constants(expr.parse("x_0"), t, x) == expr.parse("x_0")  # no constants
