@@ -134,3 +134,37 @@ def test_7_too_long_prompt_message(page):
     page.fill("#prompt", "x" * 60)
     page.wait_for_function("!document.querySelector('#error').hidden")
     assert "at most 48 tokens" in page.inner_text("#error")
+
+
+def test_8_mixers_without_a_softmax_matrix(browser, tmp_path, artifacts):
+    """Flowformer shows its flows per token; linear attention the matrix its features imply."""
+    from formers.nn.config import ModelConfig
+    from formers.nn.io import save_model
+    from formers.nn.models import build_model
+
+    folders = []
+    for mixer in ("flowformer", "linear"):
+        cfg = ModelConfig(vocab_size=259, d_model=32, n_layers=1, n_heads=4, max_seq_len=32, attention=mixer)
+        folders.append(save_model(build_model(cfg), tmp_path / mixer))
+    srv, url = start_in_thread(Explainer([load(folders[0]), load(folders[1])]))
+    pg = browser.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        pg.goto(url)
+        pg.wait_for_selector("body[data-ready='1']")
+        pg.click("#compare-toggle")
+        pg.wait_for_function("document.querySelectorAll('.pane').length === 2 && "
+                             "document.querySelectorAll('.pane')[1].querySelector('.token') !== null")
+        settle(pg)
+        flow, lin = pg.query_selector_all(".pane")
+        assert "not available for this mixer" in flow.inner_text()
+        names = flow.eval_on_selector_all(".per-token td:first-child", "ts => ts.map(t => t.textContent)")
+        assert "flow.competition" in names
+        assert lin.query_selector('.stages table[data-stage="implied"]') is not None
+        pg.screenshot(path=str(artifacts / "8-other-mixers.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        pg.close()
+        srv.shutdown()
+        srv.server_close()

@@ -87,3 +87,34 @@ def test_mixer_without_matrix_says_so():
 def test_rejects_other_models():
     with pytest.raises(TypeError, match="TransformerLM"):
         capture(torch.nn.Linear(2, 2), torch.zeros(1, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("mixer", ["linear", "performer"])
+@pytest.mark.parametrize("arch", ["decoder", "encoder"])
+def test_kernel_mixers_implied_attention(mixer, arch):
+    base = ModelConfig(arch=arch, vocab_size=259, d_model=32, n_layers=1, n_heads=4, max_seq_len=16, attention=mixer)
+    trace = capture(build_model(base).eval(), torch.randint(0, 259, (1, 7)))
+    w = trace.implied_attention(0, causal=arch == "decoder")
+    assert w is not None and w.shape == (1, 4, 7, 7)
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, 4, 7))
+    assert (w >= 0).all()
+    if arch == "decoder":
+        assert (w[..., torch.triu(torch.ones(7, 7, dtype=torch.bool), 1)] == 0).all()
+    # tampering with the recorded output makes the check refuse the picture
+    trace.tensors["layer0.attn.heads"] = trace.tensors["layer0.attn.heads"] + 1
+    assert trace.implied_attention(0, causal=arch == "decoder") is None
+
+
+def test_flowformer_shows_its_flows():
+    from pathlib import Path
+
+    from formers.explain.api import Explainer
+    from formers.explain.load import ByteText, Loaded
+
+    base = ModelConfig(vocab_size=259, d_model=32, n_layers=1, n_heads=4, max_seq_len=16, attention="flowformer")
+    model = build_model(base).eval()
+    r = Explainer([Loaded(model, ByteText(), "flow", Path("."))]).forward({"text": "hello", "head": 2})
+    a = r["attention"]
+    assert not a["available"] and "not available for this mixer" in a["note"]
+    t = capture(model, torch.tensor([list(b"hello")])).tensors
+    assert a["per_token"]["flow.competition"] == pytest.approx(t["layer0.flow.competition"][0, 2].tolist(), abs=1e-6)

@@ -142,6 +142,8 @@ class Explainer:
             attn["q"], attn["k"], attn["v"] = (_mat(t[pre + x][h]) for x, h in
                                               (("q", head), ("k", kv_head), ("v", kv_head)))
             attn["scale"] = 1 / math.sqrt(cfg.head_dim)
+        else:
+            self._other_mixer(attn, trace, t, layer, head, cfg.arch == "decoder")
         extras = {}
         for i in range(cfg.n_layers):
             e = {}
@@ -168,6 +170,28 @@ class Explainer:
                             "attention_matrix": li.attention_matrix, "note": li.note} for li in trace.layers],
                 "residual": {"norms": _mat(trace.residual_norms()[:, 0])},
                 "mlp": mlp, "next": self._next(m, t["logits"][pos], s)}
+
+    @staticmethod
+    def _other_mixer(attn: dict, trace, t: dict, layer: int, head: int, causal: bool) -> None:
+        """What a mixer without a (query, key) softmax matrix can show: the matrix its feature
+        maps imply (linear attention, Performer; checked against its output), else its own
+        weights (Synthesizer; Linformer over projected keys), and per-token quantities of the
+        chosen head (Flowformer's incoming / outgoing flows, allocation, competition)."""
+        pre = f"layer{layer}."
+        implied = trace.implied_attention(layer, causal=causal)
+        if implied is not None:
+            attn.update(available=True, stages={"implied": _mat(implied[0, head])},
+                        heads=[_mat(w) for w in implied[0]],
+                        note=f"{attn['mixer']!r} computes no attention matrix; shown: the matrix its feature "
+                             f"maps imply, phi(q).phi(k) normalised per row (it reproduces the layer's output)")
+        elif f"{pre}attn.weights" in t and t[f"{pre}attn.weights"].dim() == 3:
+            w = t[f"{pre}attn.weights"]
+            attn.update(available=True, stages={"weights": _mat(w[head])}, heads=[_mat(x) for x in w],
+                        note=f"{attn['mixer']!r}: its own attention weights" + (
+                            f" over {w.shape[-1]} projected keys (columns are not tokens)"
+                            if w.shape[-1] != w.shape[-2] else ""))
+        attn["per_token"] = {k[len(pre):]: _mat(v[head]) for k, v in t.items()
+                             if k.startswith(pre) and v.dim() == 2 and v.shape[-1] == len(trace.ids[0])}
 
     def _next(self, m: Loaded, logits: torch.Tensor, s: dict) -> dict:
         try:

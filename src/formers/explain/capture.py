@@ -65,6 +65,30 @@ class Trace:
     tensors: dict[str, torch.Tensor]
     layers: list[LayerInfo]
 
+    def implied_attention(self, layer: int, causal: bool = True, atol: float = 1e-4) -> torch.Tensor | None:
+        """For a kernel (linear-attention) mixer that records feature maps ``attn.q`` = phi(Q) and
+        ``attn.k`` = phi(K) (batch, n_heads, seq_len, feat) and ``attn.v``: the attention matrix the
+        mixer implies, w_ij = phi(q_i).phi(k_j) / sum_j' phi(q_i).phi(k_j') over the keys it sees
+        (Katharopoulos et al., arXiv 2006.16236, eq. 4-5), (batch, n_heads, seq_len, seq_len).
+
+        Returned only when w V reproduces the heads' recorded output to ``atol`` (so a mixer whose
+        normaliser differs, or that records something else, gets None rather than a wrong picture);
+        None when the layer has an attention matrix of its own or lacks the tensors."""
+        t, p = self.tensors, f"layer{layer}."
+        if self.layers[layer].attention_matrix or not all(f"{p}attn.{x}" in t for x in ("q", "k", "v", "heads")):
+            return None
+        q, k, v = (t[f"{p}attn.{x}"].double() for x in ("q", "k", "v"))
+        if q.shape[:-1] != k.shape[:-1] or k.shape[:-1] != v.shape[:-1] or q.shape[-1] != k.shape[-1]:
+            return None
+        scores = q @ k.transpose(-1, -2)
+        if causal:
+            scores = scores.tril()
+        w = scores / scores.sum(-1, keepdim=True)
+        heads = (w @ v).transpose(1, 2).reshape(t[f"{p}attn.heads"].shape)
+        if not torch.allclose(heads, t[f"{p}attn.heads"].double(), atol=atol, rtol=1e-3):
+            return None
+        return w.float()
+
     def residual_norms(self) -> torch.Tensor:
         """(n_layers + 1, batch, seq_len) L2 norm of the residual stream entering each block and the final norm."""
         return torch.stack([self.tensors[f"stream{i}"].float().norm(dim=-1)

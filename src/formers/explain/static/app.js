@@ -58,9 +58,10 @@ function heatmap(matrix, stage, labels, small = false) {
   const flat = matrix.flat().filter((x) => x !== null);
   const m = Math.max(1e-9, ...flat.map(Math.abs));
   const table = el("table", { class: "heatmap", "data-stage": stage });
+  const cols = matrix.length && matrix[0].length !== labels.length ? matrix[0].map((_, j) => `k${j + 1}`) : labels;
   if (!small) {
     const head = el("tr", {}, [el("th")]);
-    labels.forEach((l) => head.appendChild(el("th", { text: l })));
+    cols.forEach((l) => head.appendChild(el("th", { text: l })));
     table.appendChild(head);
   }
   matrix.forEach((row, i) => {
@@ -68,11 +69,11 @@ function heatmap(matrix, stage, labels, small = false) {
     if (!small) tr.appendChild(el("th", { text: labels[i] }));
     row.forEach((v, j) => {
       const td = el("td", { "data-row": String(i), "data-col": String(j) });
-      if (v === null) { td.className = "masked"; td.setAttribute("data-value", "-inf"); td.title = `${labels[i]} \u2192 ${labels[j]}: -\u221e (masked)`; }
+      if (v === null) { td.className = "masked"; td.setAttribute("data-value", "-inf"); td.title = `${labels[i]} \u2192 ${cols[j]}: -\u221e (masked)`; }
       else {
         td.setAttribute("data-value", String(v));
         td.style.background = stage === "softmax" ? seqColor(v) : divColor(v, m);
-        td.title = `${labels[i]} \u2192 ${labels[j]}: ${fmt(v, 4)}`;
+        td.title = `${labels[i]} \u2192 ${cols[j]}: ${fmt(v, 4)}`;
       }
       tr.appendChild(td);
     });
@@ -107,6 +108,8 @@ const STAGE_TEXT = {
   masked: (a, m) => m.decoder_only ? "masked: the causal mask sets every later position to -\u221e (hatched), so a token sees only itself and earlier tokens"
     : "masked: an encoder-only model has no causal mask; only padding would be masked",
   softmax: () => "softmax: each row becomes probabilities that sum to 1: how much each token takes from each earlier one",
+  implied: () => "implied weights: what this kernel attention's feature maps amount to, row-normalised",
+  weights: () => "the mixer's own attention weights",
 };
 
 function renderPane(pane, r, m, idx) {
@@ -132,14 +135,15 @@ function renderPane(pane, r, m, idx) {
   $(".attn-where", pane).textContent = `(layer ${a.layer + 1}, head ${a.head + 1}, mixer ${a.mixer})`;
   const stages = $(".stages", pane); stages.replaceChildren();
   const heads = $(".heads", pane); heads.replaceChildren();
+  $("[data-tour=attention] h4", pane).hidden = !a.available;
   if (!a.available) {
     $(".attn-caption", pane).textContent = a.note;
   } else {
-    $(".attn-caption", pane).textContent = "Each head turns every token into a query (q), a key (k) and a value (v). From scores to probabilities, left to right:";
+    $(".attn-caption", pane).textContent = a.note || "Each head turns every token into a query (q), a key (k) and a value (v). From scores to probabilities, left to right:";
     for (const [name, mat] of Object.entries(a.stages)) {
       stages.appendChild(el("div", { class: "stage" }, [
         el("div", { class: "stage-title", text: name }), heatmap(mat, name, labels),
-        el("div", { class: "caption", text: STAGE_TEXT[name](a, m), style: "max-width:260px" })]));
+        el("div", { class: "caption", text: (STAGE_TEXT[name] || (() => name))(a, m), style: "max-width:260px" })]));
     }
     a.heads.forEach((mat, h) => {
       const t = el("div", { class: "head-thumb" + (h === a.head ? " selected" : ""), "data-head": String(h), title: `head ${h + 1}` },
@@ -147,6 +151,15 @@ function renderPane(pane, r, m, idx) {
       t.addEventListener("click", () => { $("#head").value = String(h); refresh(); });
       heads.appendChild(t);
     });
+  }
+  const per = Object.entries(a.per_token || {});
+  if (per.length) {  // per-token quantities of mixers without a matrix (Flowformer's flows ...)
+    const pt = el("table", { class: "data per-token" }, [el("tr", {}, [el("th", { text: `head ${a.head + 1}` }), ...labels.map((l) => el("th", { text: l }))])]);
+    per.forEach(([name, vals]) => {
+      const mm = Math.max(1e-9, ...vals.map(Math.abs));
+      pt.appendChild(el("tr", {}, [el("td", { text: name }), ...vals.map((v) => el("td", { text: fmt(v, 2), style: `background:${divColor(v, mm)}`, "data-value": String(v) }))]));
+    });
+    stages.appendChild(pt);
   }
   const ex = r.extras[a.layer] || {};
   const notes = [];
