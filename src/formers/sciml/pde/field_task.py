@@ -34,7 +34,7 @@ OneCycleLR.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -62,7 +62,8 @@ def curriculum(step: int, t_out: int, length: int) -> int:
 class FieldForecastTask(Task):
     """Base of the field-forecasting tasks (see the module docstring). A subclass sets ``name``,
     ``n_dims``, ``channels``, ``lengths`` (physical axis lengths), ``model_sizes`` (config fields per
-    model variant) and ``default_models``, builds its :class:`FieldDataSpec` and calls :meth:`setup`.
+    model variant) and ``default_models``, and calls :meth:`setup` with its options and a function
+    that builds its :class:`FieldDataSpec`.
     """
 
     metric = "test_rollout_rel_l2"
@@ -75,8 +76,9 @@ class FieldForecastTask(Task):
     lengths: ClassVar[tuple[float, ...]] = ()
     model_sizes: ClassVar[dict[str, dict[str, Any]]] = {}
 
-    def setup(self, spec: FieldDataSpec, options: dict[str, Any], quiet: bool = False) -> None:
-        """Check the common options, load (or generate) the data of ``spec`` and split it.
+    def setup(self, options: dict[str, Any], make_spec: Callable[[], FieldDataSpec], quiet: bool = False) -> None:
+        """Check the common options, build the data spec (``make_spec()``: the solver's checks),
+        load (or generate) its data and split it.
 
         Raises ValueError naming a bad option (before any work) or data holding NaN/inf."""
         o = options
@@ -100,7 +102,8 @@ class FieldForecastTask(Task):
         gen = o["gen_device"]
         if gen not in ("auto", "cpu") and not gen.startswith("cuda"):
             raise ValueError(f"{self.name} task: gen_device must be auto, cpu or cuda[:N], got {gen!r}")
-        self.spec, self.options = spec, o
+        self.spec = spec = make_spec()
+        self.options = o
         self.t_in, self.t_out, self.n_rollout, self.stride = o["t_in"], o["t_out"], o["rollout"], o["eval_stride"]
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if gen == "auto" else gen
         w, self.data_info = load_or_generate(spec, data, dev, quiet=quiet)
@@ -220,6 +223,6 @@ class FieldForecastTask(Task):
         return self._scores(Persist(), "test", torch.device("cpu"), 64)
 
     def describe(self) -> dict[str, Any]:
-        return {"task": self.name, "options": {k: v for k, v in self.options.items()}, "data": self.data_info,
+        return {"task": self.name, "options": dict(self.options), "data": self.data_info,
                 "normalisation": {"mean": self.mean.tolist(), "std": self.std.tolist()},
                 "trajectories": {k: int(v.shape[0]) for k, v in self.splits.items()}}

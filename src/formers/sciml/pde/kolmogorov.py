@@ -72,7 +72,6 @@ class KolmogorovTask(FieldForecastTask):
         options = dict(locals())
         for key in ("self", "seed", "quiet", "__class__"):
             options.pop(key, None)
-        spec = KolmogorovDataSpec(grid=grid, n_trajectories=n_train + n_val + n_test, n_frames=n_frames,
-                                  record_dt=record_dt, burn_in=burn_in, dt=dt, nu=nu,
-                                  forcing_wavenumber=forcing_wavenumber, seed=data_seed)
-        self.setup(spec, options, quiet)
+        self.setup(options, lambda: KolmogorovDataSpec(
+            grid=grid, n_trajectories=n_train + n_val + n_test, n_frames=n_frames, record_dt=record_dt,
+            burn_in=burn_in, dt=dt, nu=nu, forcing_wavenumber=forcing_wavenumber, seed=data_seed), quiet)

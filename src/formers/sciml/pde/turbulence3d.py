@@ -63,7 +63,6 @@ class Turbulence3DTask(FieldForecastTask):
         options = dict(locals())
         for key in ("self", "seed", "quiet", "__class__"):
             options.pop(key, None)
-        spec = Turbulence3DDataSpec(grid=grid, n_trajectories=n_train + n_val + n_test, n_frames=n_frames,
-                                    record_dt=record_dt, burn_in=burn_in, dt=dt, nu=nu, forcing_k=forcing_k,
-                                    seed=data_seed)
-        self.setup(spec, options, quiet)
+        self.setup(options, lambda: Turbulence3DDataSpec(
+            grid=grid, n_trajectories=n_train + n_val + n_test, n_frames=n_frames, record_dt=record_dt,
+            burn_in=burn_in, dt=dt, nu=nu, forcing_k=forcing_k, seed=data_seed), quiet)
