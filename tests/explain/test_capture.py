@@ -118,3 +118,17 @@ def test_flowformer_shows_its_flows():
     assert not a["available"] and "not available for this mixer" in a["note"]
     t = capture(model, torch.tensor([list(b"hello")])).tensors
     assert a["per_token"]["flow.competition"] == pytest.approx(t["layer0.flow.competition"][0, 2].tolist(), abs=1e-6)
+
+
+def test_moe_routing_shown():
+    from pathlib import Path
+
+    from formers.explain.api import Explainer
+    from formers.explain.load import ByteText, Loaded
+    from formers.nn.ffn.moe import moe
+
+    model = build_model(moe(ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4, max_seq_len=16))).eval()
+    r = Explainer([Loaded(model, ByteText(), "moe", Path("."))]).forward({"text": "hello", "layer": 1})
+    gates = r["extras"][1]["moe_gates_last"]
+    assert len(gates) == 8 and sum(g > 0 for g in gates) <= 2 and sum(gates) == pytest.approx(1, abs=1e-5)
+    assert "experts" in r["mlp"]["note"]

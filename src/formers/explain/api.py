@@ -156,14 +156,16 @@ class Explainer:
             extras[i] = e
         pos = len(ids) - 1
         mlp = {"layer": layer, "position": pos}
-        if f"layer{layer}.mlp.act" in t:
+        if f"layer{layer}.mlp.act" in t and t[f"layer{layer}.mlp.act"].shape[:-1] == (len(ids),):
             act = t[f"layer{layer}.mlp.act"]
             top = act[pos].abs().topk(min(MLP_UNITS_SHOWN, act.shape[-1]))
             mlp.update(d_ff=act.shape[-1], units=top.indices.tolist(), values=_mat(act[pos][top.indices]),
                        active_fraction=_mat((act > 0).float().mean(-1)),
                        out_norm=_mat(t[f"layer{layer}.mlp.out"].norm(dim=-1)))
         else:
-            mlp["note"] = f"the feed-forward {info.ffn!r} has no up/down projection pair to show"
+            mlp["note"] = (f"the feed-forward {info.ffn!r} routes each token to experts; the last token's "
+                           f"gates are listed with this layer's notes (section 3)" if f"layer{layer}.moe.gates" in t else
+                           f"the feed-forward {info.ffn!r} has no per-token up/down projection pair to show")
         return {"model": m.name, "tokens": [{"id": i, "text": m.tokenizer.label(i)} for i in ids],
                 "embeddings": emb, "attention": attn, "extras": extras,
                 "layers": [{"index": li.index, "mixer": li.mixer, "ffn": li.ffn,

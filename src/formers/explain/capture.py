@@ -24,7 +24,8 @@ Added here through forward hooks (no change to the model):
   output projection (mixers with an ``o`` projection); ``layer{i}.mixer.out`` and ``layer{i}.mlp.out``
   (batch, seq_len, d_model); ``layer{i}.mlp.pre`` (batch, seq_len, d_ff) the first projection and
   ``layer{i}.mlp.act`` (batch, seq_len, d_ff) the activations entering the down projection
-  (feed-forwards with ``up`` / ``down`` layers: MLP, SwiGLU); ``final.norm`` (batch, seq_len,
+  (feed-forwards whose ``up`` / ``down`` are ``nn.Linear``: MLP, SwiGLU; not MoE, whose routing is
+  recorded as ``moe.*``); ``final.norm`` (batch, seq_len,
   d_model); ``probs`` (batch, seq_len, vocab) = softmax(logits).
 """
 
@@ -131,9 +132,10 @@ def capture(model: nn.Module, ids: torch.Tensor) -> Trace:
         handles.append(block.ffn.register_forward_hook(keep(f"layer{i}.mlp.out", "out")))
         if isinstance(getattr(block.mixer, "o", None), nn.Module):
             handles.append(block.mixer.o.register_forward_pre_hook(keep(f"layer{i}.attn.heads", "in")))
-        if isinstance(getattr(block.ffn, "up", None), nn.Module):
+        # per-token MLPs (MLP, SwiGLU: nn.Linear up / down); MoE experts work on routed buffers
+        if isinstance(getattr(block.ffn, "up", None), nn.Linear):
             handles.append(block.ffn.up.register_forward_hook(keep(f"layer{i}.mlp.pre", "out")))
-        if isinstance(getattr(block.ffn, "down", None), nn.Module):
+        if isinstance(getattr(block.ffn, "down", None), nn.Linear):
             handles.append(block.ffn.down.register_forward_pre_hook(keep(f"layer{i}.mlp.act", "in")))
     handles.append(model.stack.norm_f.register_forward_pre_hook(keep(f"stream{len(blocks)}", "in")))
     handles.append(model.stack.norm_f.register_forward_hook(keep("final.norm", "out")))

@@ -164,6 +164,7 @@ function renderPane(pane, r, m, idx) {
   const ex = r.extras[a.layer] || {};
   const notes = [];
   if (ex.dwa_alpha) notes.push(`DenseFormer: after this block the stream is a weighted average of earlier streams (sources ${(ex.dwa_sources || []).join(", ")}; weights ${ex.dwa_alpha.map((x) => fmt(x, 3)).join(", ")}).`);
+  if (ex.moe_gates_last) notes.push(`Mixture of experts: the last token's gates over the ${ex.moe_gates_last.length} experts: ${ex.moe_gates_last.map((x) => fmt(x, 2)).join(", ")}.`);
   if (ex.value_mix) notes.push(`Value residual: this layer's values are ${fmt(ex.value_mix[0], 2)} \u00d7 layer 1's values + ${fmt(ex.value_mix[1], 2)} \u00d7 its own.`);
   $(".layer-extras", pane).textContent = notes.join(" ");
   // 4. residual stream
