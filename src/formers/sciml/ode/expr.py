@@ -606,8 +606,8 @@ def integrate(system: Sequence[Node], x0: Sequence[float], t: np.ndarray, *, met
         sol = solve_ivp(rhs, (t[0], t[-1]), x0, **kw)
     except (_Stop, ValueError, OverflowError, ZeroDivisionError, FloatingPointError):
         return out
-    y = sol.y.T
+    y = sol.y.T  # fewer rows than t when a terminal event or a solver failure stopped it
     out[: y.shape[0]] = y
-    if sol.status != 0 or y.shape[0] < t.size:  # stopped early: the rest stays NaN
-        return out
+    if sol.status == -1:  # the solver failed: distrust the last row too
+        out[max(y.shape[0] - 1, 1):] = np.nan
     return out

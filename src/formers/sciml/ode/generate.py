@@ -437,7 +437,7 @@ def generate_dataset(out: str | Path, samples: int, cfg: GeneratorConfig | None 
     summary: dict[str, Any] = {"shards_skipped": n_shards - len(todo), "shards_written": 0, "samples": 0,
                                "tries": 0, "rejected_simplify": 0, "rejected_trajectory": 0}
     t0 = time.perf_counter()
-    with _progress(progress, len(todo) * shard_size) as advance:
+    with _Progress(progress, len(todo) * shard_size) as advance:
         if workers == 1 or len(jobs) <= 1:
             results = map(_make_shard, jobs)
             _collect(results, summary, advance)
@@ -458,7 +458,7 @@ def _collect(results, summary: dict, advance) -> None:
         advance(n)
 
 
-class _progress:
+class _Progress:
     """A rich progress bar (rate, ETA) over samples, or nothing when ``show`` is False."""
 
     def __init__(self, show: bool, total: int) -> None:
