@@ -52,7 +52,7 @@ def test_tree_shapes_are_uniform_over_binary_trees():
 
 def test_samples_are_valid_trajectories_of_their_own_tokens():
     rng = np.random.default_rng(2)
-    cfg = G.GeneratorConfig(max_dim=2, timeout_s=0.5)
+    cfg = G.GeneratorConfig(max_dim=2, max_evals=5000)
     stats = {}
     for _ in range(3):
         s = G.generate_sample(rng, cfg, stats)
@@ -79,7 +79,7 @@ def test_flat_and_blowup_rejections():
 
 
 def test_shards_resume_determinism_and_config_guard(tmp_path):
-    cfg = G.GeneratorConfig(max_dim=1, max_binary=2, timeout_s=0.5)
+    cfg = G.GeneratorConfig(max_dim=1, max_binary=2, max_evals=5000)
     a = G.generate_dataset(tmp_path / "a", samples=4, cfg=cfg, seed=7, shard_size=2, progress=False)
     assert a["shards_written"] == 2 and a["samples"] == 4
     again = G.generate_dataset(tmp_path / "a", samples=4, cfg=cfg, seed=7, shard_size=2, progress=False)

@@ -544,7 +544,7 @@ class _Stop(Exception):
 def integrate(system: Sequence[Node], x0: Sequence[float], t: np.ndarray, *, method: str = "LSODA",
               rtol: float = 1e-5, atol: float = 1e-7, first_step: float | None = 1e-6,
               min_step: float = 1e-10, max_abs: float | None = 1e6,
-              timeout_s: float | None = None) -> np.ndarray:
+              timeout_s: float | None = None, max_evals: int | None = None) -> np.ndarray:
     """Integrate ``x' = system(x, t)`` from ``x(t[0]) = x0``; returns ``(len(t), dim)``.
 
     Defaults are the tolerances that made ODEBench's reference trajectories (LSODA, rtol 1e-5,
@@ -555,6 +555,8 @@ def integrate(system: Sequence[Node], x0: Sequence[float], t: np.ndarray, *, met
         x0: initial state ``(dim,)``. t: strictly increasing times ``(n,)``, ``n >= 1``.
         max_abs: stop (terminal event) once any ``|x_j|`` reaches it; None = never.
         timeout_s: stop after this many wall-clock seconds; None = never.
+        max_evals: stop after this many right-hand-side evaluations; None = never. Unlike the
+            timeout, this stop does not depend on the machine's speed or load (reproducible).
 
     Returns:
         The states at ``t``; rows at and after a stop (blow-up, timeout, solver failure, NaN in
@@ -579,10 +581,14 @@ def integrate(system: Sequence[Node], x0: Sequence[float], t: np.ndarray, *, met
         return out
     fn = _compiled(system, "math")
     deadline = None if timeout_s is None else time.perf_counter() + timeout_s
+    evals = [0]
 
     def rhs(tt, y):
         if deadline is not None and time.perf_counter() > deadline:
             raise _Stop("timeout")
+        evals[0] += 1
+        if max_evals is not None and evals[0] > max_evals:
+            raise _Stop("evaluation budget")
         try:
             d = np.array(fn(y.tolist(), float(tt)), dtype=np.float64)
         except (ValueError, ZeroDivisionError, OverflowError, TypeError):

@@ -21,7 +21,9 @@ One sample (:func:`sample_system` + :func:`sample_trajectory`, both in :func:`ge
    then rounded to the codec's 4 significant digits so the tokens *are* the integrated law;
 6. y0 ~ N(0, init_scale^2 I), N ~ U{min_points..max_points}, t = linspace(1, 10, N);
    integration by ``solve_ivp`` (paper: RK45 at scipy's default tolerances) with a terminal event
-   at |x| = max_abs (100) and a 1 s timeout;
+   at |x| = max_abs (100) and a budget of ``max_evals`` right-hand-side evaluations (the paper's
+   1 s timeout made deterministic: 30,000 evaluations take about 1 s of an idle core here), plus
+   a wall-clock ``timeout_s`` (10 s) as a safety net only;
 7. rejection: any NaN (a stop counts), |x| > 1e100, and with probability 0.9 a trajectory whose
    last quarter is flat (every component's (max - min) / window < 1e-3).
 
@@ -30,7 +32,9 @@ point dropping, with gamma and the dropped fraction drawn from ``linspace(0, max
 the paper's grid (max 0.1 and 0.5 there).
 
 Deviations (also in docs/papers.md): samples whose simplified system no longer uses every
-variable are kept (as the reference does); a component that simplifies to a constant is kept.
+variable are kept (as the reference does); a component that simplifies to a constant is kept;
+the 1 s wall-clock timeout is an evaluation budget so that a shard does not depend on the
+machine's load.
 
 Shards (:func:`generate_dataset`): ``DIR/meta.json`` (the config, seed, shard size) and
 ``DIR/shard-00000.jsonl`` ... one JSON object per line: ``dim``, ``tokens`` (prefix tokens,
@@ -80,7 +84,8 @@ class GeneratorConfig:
     """Generator settings; defaults are the paper's (``scripts/run.py`` of the reference).
 
     Ranges are inclusive. ``method``/``rtol``/``atol`` select the integrator (paper: RK45 at
-    scipy defaults). ``max_prefix_len``: reject systems with longer prefix sequences (0 = off).
+    scipy defaults); ``max_evals`` is the deterministic stand-in for the paper's 1 s timeout and
+    ``timeout_s`` a wall-clock safety net. ``max_prefix_len``: reject systems with longer prefix sequences (0 = off).
     """
 
     min_dim: int = 1
@@ -101,7 +106,8 @@ class GeneratorConfig:
     t_end: float = 10.0
     max_abs: float = 100.0
     max_value: float = 1e100
-    timeout_s: float = 1.0
+    max_evals: int = 30_000
+    timeout_s: float = 10.0
     method: str = "RK45"
     rtol: float = 1e-3
     atol: float = 1e-6
@@ -127,6 +133,7 @@ class GeneratorConfig:
         need(self.t_end > self.t_start, "t_end", "> t_start")
         need(self.max_abs > 0, "max_abs", "> 0")
         need(self.timeout_s > 0, "timeout_s", "> 0")
+        need(self.max_evals >= 100, "max_evals", ">= 100")
         need(self.method in ("RK45", "RK23", "DOP853", "LSODA", "BDF", "Radau"), "method",
              "one of RK45, RK23, DOP853, LSODA, BDF, Radau")
         need(self.rtol > 0 and self.atol > 0, "rtol", "> 0 (atol too)")
@@ -313,7 +320,8 @@ def sample_trajectory(rng: np.random.Generator, system, cfg: GeneratorConfig
     t = np.linspace(cfg.t_start, cfg.t_end, n)
     y0 = cfg.init_scale * rng.standard_normal(dim)
     x = expr.integrate(system, y0, t, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
-                       first_step=None, max_abs=cfg.max_abs, timeout_s=cfg.timeout_s)
+                       first_step=None, max_abs=cfg.max_abs, timeout_s=cfg.timeout_s,
+                       max_evals=cfg.max_evals)
     if not np.all(np.isfinite(x)) or np.any(np.abs(x) > cfg.max_value):
         return None
     if rng.random() < cfg.flat_reject_prob and _flat_tail(x, cfg.flat_tol):
