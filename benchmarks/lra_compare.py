@@ -166,6 +166,7 @@ def run_one(spec: dict[str, Any]) -> None:
         "val_loss": run.get("val_loss"), "params": row.get("params"), "tokens_per_s": row.get("tokens_per_s"),
         "peak_mem_mb": row.get("peak_mem_mb"), "steps": run.get("steps"), "train_wall_s": run.get("wall_time_s"),
         "job_wall_s": time.time() - t0, "chance": res["task_info"].get("chance_acc"),
+        "stored_value_acc": res["task_info"].get("stored_value_acc"),
         "device_name": torch.cuda.get_device_name(0) if cuda else "cpu", "settings": spec["key"]})
 
 
@@ -272,13 +273,16 @@ def write_task(a: argparse.Namespace, task: str, presets: dict[str, str], tag: s
     result = {"benchmark": "lra_compare", "task": task, "seq_len": a.seq_len, "device": tag,
               "device_name": ok[0]["device_name"] if ok else None, "torch": torch.__version__,
               "commit": git_commit(), "chance": ok[0]["chance"] if ok else None,
+              "stored_value_acc": ok[0].get("stored_value_acc") if ok else None,
               "task_options": key["options"], "train": key["train"], "jobs": a.jobs,
               "run_timeout_s": a.run_timeout, "rows": rows,
               "command": "python benchmarks/lra_compare.py " + " ".join(sys.argv[1:])}
     write_json(stem.with_suffix(".json"), result)
     lines = [f"LRA-style `{task}` at seq_len {a.seq_len} on {result['device_name'] or tag} "
              f"(torch {result['torch']}, commit {result['commit']}); {a.steps} steps x batch {a.batch}, "
-             f"d_model {a.d_model}, {a.n_layers} layers, {a.n_heads} heads; chance {result['chance']}.", "",
+             f"d_model {a.d_model}, {a.n_layers} layers, {a.n_heads} heads; chance {result['chance']}"
+             + (f"; answering a random stored value: {result['stored_value_acc']:.3f} (the level of a model "
+                "that has not learned key matching)" if result["stored_value_acc"] else "") + ".", "",
              "| preset | mixer | status | val_acc | val_seq_acc | tokens/s | peak MiB | params | wall s |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
 

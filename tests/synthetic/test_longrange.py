@@ -256,3 +256,26 @@ def test_block_cross_sets_the_sparse_block_to_the_task_block(variant, block):
     sparse = [s for s in cfg.layers if s.attention == "block-sparse"]
     assert sparse and all(s.attention_options["block"] == block for s in sparse)
     assert all(s.cache_options.get("window", block) == block for s in sparse)
+
+
+@pytest.mark.parametrize("task_name,opts", [("recall", {"seq_len": 64, "n_pairs": 4, "n_values": 8}),
+                                            ("recall", {"seq_len": 64, "n_pairs": 8}),
+                                            ("block-cross", {"seq_len": 128, "n_pairs": 3, "n_values": 4})])
+def test_stored_value_acc_is_the_rate_of_answering_a_random_stored_value(task_name, opts):
+    """describe()['stored_value_acc'] = 1/P + (1 - 1/P)/n_values equals, on generated rows, the
+    accuracy of answering with a uniformly drawn stored value (Monte Carlo, 4,000 rows)."""
+    task = make_task(task_name, 0, opts)
+    o = task.options
+    ids, tgt = task.sample(np.random.default_rng(5), 4000)
+    rng = np.random.default_rng(6)
+    hits, n = 0, 0
+    for row, t in zip(ids, tgt):
+        values = [int(row[i + 1]) for i in range(len(row) - 1)
+                  if row[i] < o["n_keys"] and row[i + 1] >= o["n_keys"] and row[i + 1] < o["n_keys"] + o["n_values"]]
+        assert len(values) == o["n_pairs"]
+        for p in np.nonzero(t != -100)[0]:
+            hits += int(values[rng.integers(len(values))] == t[p])
+            n += 1
+    want = task.describe()["stored_value_acc"]
+    assert want == pytest.approx(1 / o["n_pairs"] + (1 - 1 / o["n_pairs"]) / o["n_values"])
+    assert abs(hits / n - want) < 0.02, (hits / n, want)
