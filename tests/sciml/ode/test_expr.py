@@ -56,10 +56,30 @@ def test_simplified_generated_systems_round_trip_through_sympy_and_prefix():
 @pytest.mark.parametrize("tokens,msg", [
     ([], "empty"), (["add", "x_0"], "ends early"), (["x_0", "x_1"], "leftover"), (["foo"], "unknown token"),
     (["mul", "+", "N12", "E1", "x_0"], "mantissa"), (["x_0", "|"], "empty"), (["+", "N1000"], "fewer than 3"),
+    (["sin"] * 150 + ["x_0"], "deeper"),
 ])
 def test_malformed_prefix_raises(tokens, msg):
     with pytest.raises(ValueError, match=msg):
         expr.from_prefix(tokens)
+
+
+def test_random_token_sequences_only_raise_value_error():
+    """Decoder output can be any token string: parsing and evaluating it never raises anything
+    but ValueError (a deep tree too, which Python could not compile)."""
+    vocab = expr.vocabulary(3)[3:]
+    rng = np.random.default_rng(5)
+    for _ in range(3000):
+        toks = [vocab[j] for j in rng.integers(0, 30 if rng.random() < 0.7 else len(vocab), rng.integers(1, 25))]
+        try:
+            s = expr.from_prefix(toks, max_dim=3)
+            expr.evaluate(s, np.ones((2, len(s))))
+        except ValueError:
+            pass
+    deep = var(0)
+    for _ in range(300):
+        deep = op("sin", deep)
+    with pytest.raises(ValueError, match="nested"):
+        expr.evaluate((deep,), np.ones((2, 1)))
 
 
 def test_max_dim_limits_components_and_variables():

@@ -56,6 +56,7 @@ UNARY = ("abs", "inv", "sqrt", "log", "exp", "sin", "arcsin", "cos", "arccos", "
 ARITY = {**{o: 2 for o in BINARY}, **{o: 1 for o in UNARY}}
 SEPARATOR = "|"
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+MAX_DEPTH = 100  # deeper trees are refused by from_prefix (Python cannot compile them for evaluation)
 _VAR = re.compile(r"^x_(\d+)$")
 
 
@@ -189,7 +190,8 @@ def from_prefix(tokens: Sequence[str], max_dim: int | None = None) -> System:
 
     Raises:
         ValueError: empty input or component, an unknown token, a missing operand, leftover
-            tokens in a component, a malformed float, or too many components/variables.
+            tokens in a component, a malformed float, too many components/variables, or a
+            tree deeper than ``MAX_DEPTH``.
     """
     tokens = list(tokens)
     if not tokens:
@@ -206,7 +208,7 @@ def from_prefix(tokens: Sequence[str], max_dim: int | None = None) -> System:
     for k, part in enumerate(parts):
         if not part:
             raise ValueError(f"component {k} is empty")
-        node, pos = _parse(part, 0, k)
+        node, pos = _parse(part, 0, k, 0)
         if pos != len(part):
             raise ValueError(f"component {k}: {len(part) - pos} leftover token(s) {part[pos:pos + 5]}")
         system.append(node)
@@ -215,8 +217,9 @@ def from_prefix(tokens: Sequence[str], max_dim: int | None = None) -> System:
     return tuple(system)
 
 
-def _parse(toks: list[str], pos: int, k: int) -> tuple[Node, int]:
-    # iterative over depth would be safer, but trees are short (< 200 tokens): recursion is fine
+def _parse(toks: list[str], pos: int, k: int, depth: int) -> tuple[Node, int]:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"component {k}: expression nested deeper than {MAX_DEPTH} levels")
     if pos >= len(toks):
         raise ValueError(f"component {k}: expression ends early (an operator lacks an operand)")
     tok = toks[pos]
@@ -224,7 +227,7 @@ def _parse(toks: list[str], pos: int, k: int) -> tuple[Node, int]:
         children = []
         pos += 1
         for _ in range(ARITY[tok]):
-            child, pos = _parse(toks, pos, k)
+            child, pos = _parse(toks, pos, k, depth + 1)
             children.append(child)
         return Node(tok, tuple(children)), pos
     if tok in codec.SIGNS or tok == codec.NAN_TOKEN:
@@ -480,6 +483,14 @@ def _compiled(system: System, lib: str) -> Callable:
     """``lambda x, t: (component_0, ...)`` for lib ``numpy``/``torch`` (x: (n, dim)) or ``math``
     (x: a list of dim floats; raises ValueError/ZeroDivisionError/OverflowError where numpy
     would give NaN/inf; about 10x faster per call, used by :func:`integrate`)."""
+    try:
+        return _compile(system, lib)
+    except (SyntaxError, RecursionError, MemoryError):  # nesting beyond what Python compiles
+        raise ValueError(f"expression too deeply nested to evaluate (more than about {MAX_DEPTH} "
+                         "levels)") from None
+
+
+def _compile(system: System, lib: str) -> Callable:
     if lib == "math":
         src = "lambda x, t: (" + ", ".join(_code(c, scalar=True) for c in system) + ",)"
         return eval(src, dict(_MATH))  # noqa: S307 - source built from validated Node ops and floats
