@@ -334,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in want if m not in allp]
     if unknown:
         raise SystemExit(f"--models: {unknown} are not mixer presets; known: {sorted(allp)}")
-    presets = {m: allp[m] for m in want if m not in set(a.exclude.split(","))}
+    drop = [m for m in a.exclude.split(",") if m]
+    if [m for m in drop if m not in allp]:
+        raise SystemExit(f"--exclude: {[m for m in drop if m not in allp]} are not mixer presets; known: {sorted(allp)}")
+    presets = {m: allp[m] for m in want if m not in drop}
     tasks = a.tasks.split(",")
     tag = device_tag(a.device, gpus(a.device))
     jobs = []

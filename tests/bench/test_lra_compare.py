@@ -35,3 +35,10 @@ def test_task_options_and_job_dirs(tmp_path):
     b = lra.parse_args(["--seq-len", "128", "--opt", "block=32", "--work", str(tmp_path), "--steps", "9"])
     assert d1 != lra.job_dir(b, "recall", "linear") and d1.parent.name.startswith("recall-128-")
     assert lra.done(d1) is None
+
+
+def test_gpus_follow_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert lra.gpus("cuda") == ["2", "3"] and lra.gpus("cpu") == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert lra.gpus("auto") == []
