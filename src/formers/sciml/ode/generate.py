@@ -397,15 +397,27 @@ def shard_path(out: Path, k: int) -> Path:
     return Path(out) / f"shard-{k:05d}.jsonl"
 
 
+class _Tick:
+    """In-process stand-in for a queue: ``put(n)`` advances the progress bar."""
+
+    def __init__(self, advance) -> None:
+        self.put = advance
+
+
 def _make_shard(args: tuple) -> tuple[int, int, dict]:
-    cfg_dict, seed, k, size, out = args
+    """Generate and write shard k; ``ticks.put(1)`` after every sample (progress)."""
+    cfg_dict, seed, k, size, out, ticks = args
     from formers.atomic import write_text
 
     cfg = GeneratorConfig.from_dict(cfg_dict)
     rng = np.random.default_rng([seed, k])
     stats: dict[str, Any] = {}
     t0 = time.perf_counter()
-    lines = [json.dumps(generate_sample(rng, cfg, stats)) for _ in range(size)]
+    lines = []
+    for _ in range(size):
+        lines.append(json.dumps(generate_sample(rng, cfg, stats)))
+        if ticks is not None:
+            ticks.put(1)
     write_text(shard_path(Path(out), k), "\n".join(lines) + "\n")
     stats["seconds"] = time.perf_counter() - t0
     return k, size, stats
@@ -441,29 +453,48 @@ def generate_dataset(out: str | Path, samples: int, cfg: GeneratorConfig | None 
         write_json(out / META, meta)
     n_shards = math.ceil(samples / shard_size)
     todo = [k for k in range(first_shard, first_shard + n_shards) if not shard_path(out, k).is_file()]
-    jobs = [(cfg.to_dict(), seed, k, shard_size, str(out)) for k in todo]
     summary: dict[str, Any] = {"shards_skipped": n_shards - len(todo), "shards_written": 0, "samples": 0,
                                "tries": 0, "rejected_simplify": 0, "rejected_trajectory": 0}
     t0 = time.perf_counter()
     with _Progress(progress, len(todo) * shard_size) as advance:
-        if workers == 1 or len(jobs) <= 1:
-            results = map(_make_shard, jobs)
-            _collect(results, summary, advance)
+        if workers == 1 or len(todo) <= 1:
+            jobs = [(cfg.to_dict(), seed, k, shard_size, str(out), _Tick(advance)) for k in todo]
+            _collect(map(_make_shard, jobs), summary)
         else:
             ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(workers, len(jobs))) as pool:
-                _collect(pool.imap_unordered(_make_shard, jobs), summary, advance)
+            with ctx.Manager() as manager, ctx.Pool(min(workers, len(todo))) as pool:
+                ticks = manager.Queue()
+                jobs = [(cfg.to_dict(), seed, k, shard_size, str(out), ticks) for k in todo]
+                pending = pool.map_async(_make_shard, jobs)
+                while not pending.ready():
+                    _drain(ticks, advance, wait=0.5)
+                _drain(ticks, advance, wait=0.0)
+                _collect(pending.get(), summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 
 
-def _collect(results, summary: dict, advance) -> None:
+def _drain(ticks, advance, wait: float) -> None:
+    """Advance the bar by every tick queued by the workers (waiting up to ``wait`` s for one)."""
+    import queue
+
+    n = 0
+    try:
+        n += ticks.get(timeout=wait) if wait > 0 else ticks.get_nowait()
+        while True:
+            n += ticks.get_nowait()
+    except queue.Empty:
+        pass
+    if n:
+        advance(n)
+
+
+def _collect(results, summary: dict) -> None:
     for _k, n, stats in results:
         summary["shards_written"] += 1
         summary["samples"] += n
         for key in ("tries", "rejected_simplify", "rejected_trajectory"):
             summary[key] += stats.get(key, 0)
-        advance(n)
 
 
 class _Progress:
