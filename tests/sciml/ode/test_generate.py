@@ -88,6 +88,10 @@ def test_shards_resume_determinism_and_config_guard(tmp_path):
     G.generate_dataset(tmp_path / "b", samples=2, cfg=cfg, seed=7, shard_size=2, first_shard=1, progress=False)
     assert (tmp_path / "b" / "shard-00001.jsonl").read_text() == (tmp_path / "a" / "shard-00001.jsonl").read_text()
     assert not (tmp_path / "b" / "shard-00000.jsonl").exists()
+    # two worker processes write the same shards as one process
+    G.generate_dataset(tmp_path / "c", samples=4, cfg=cfg, seed=7, shard_size=2, workers=2, progress=False)
+    for k in (0, 1):
+        assert G.shard_path(tmp_path / "c", k).read_text() == G.shard_path(tmp_path / "a", k).read_text()
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
     assert meta["generator"]["max_dim"] == 1 and meta["seed"] == 7
     assert len(list(G.iter_samples(tmp_path / "a"))) == 4
