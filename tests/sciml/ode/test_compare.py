@@ -17,6 +17,8 @@ def test_one_at_a_time_settings():
         C.one_at_a_time([0], [1.0])
     with pytest.raises(ValueError, match="unknown ODEBench model"):
         C.make_fit("pysr")
+    with pytest.raises(FileNotFoundError, match="model folder"):
+        C.make_fit("odeformer", {"model": "/nonexistent/run"})
 
 
 def test_compare_writes_resumes_and_guards(tmp_path):

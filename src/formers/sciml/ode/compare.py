@@ -35,7 +35,8 @@ def make_fit(name: str, options: dict[str, Any] | None = None) -> FitFn:
     """The ``fit(t, x) -> system`` of a named model with its options.
 
     Raises:
-        ValueError: unknown model name or option.
+        ValueError: unknown model name or option. FileNotFoundError: the odeformer model folder
+            does not exist.
     """
     options = dict(options or {})
     if name == "odeformer":
@@ -46,6 +47,9 @@ def make_fit(name: str, options: dict[str, Any] | None = None) -> FitFn:
         if bad:
             raise ValueError(f"odeformer: unknown option(s) {bad}; allowed: {sorted(fields)}")
         cfg = ODEFormerFitConfig(**options)
+        if not Path(cfg.model).exists():  # fail before 63 fits that would each score 0
+            raise FileNotFoundError(f"odeformer: model folder {cfg.model} not found; train one with "
+                                    "`formers train ode` and pass --opt odeformer.model=RUN_DIR")
         return lambda t, x: odeformer_fit(t, x, cfg)
     if name in ("sindy", "gplearn"):
         from formers.sciml.ode.baselines import get_baseline
