@@ -128,3 +128,18 @@ def test_option_errors():
             NystromAttention(CFG, **bad)
     with pytest.raises(ValueError, match="not causal"):
         NystromAttention(CFG)(torch.randn(1, 3, 16), Context(positions=torch.arange(3), causal=True))
+
+
+def test_bf16_autocast_keeps_the_landmark_kernel_in_fp32():
+    """Under bf16 autocast (the CUDA training default) the landmark kernel and its iterative
+    pseudo-inverse stay in fp32: before, the fp32 mask fill overflowed bf16 (an error on the H200
+    LRA run) and the inverse's matmuls ran in bf16."""
+    torch.manual_seed(0)
+    m = NystromAttention(CFG, landmarks=8)
+    x = torch.randn(2, 64, 16)
+    ctx = Context(positions=torch.arange(64), causal=False)
+    ref = m(x, ctx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, ctx)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0)

@@ -213,8 +213,11 @@ class NystromAttention(SoftmaxAttention):
         # kernel 3 times V: landmark queries over all (unpadded) keys -> (b, h, m, d)
         k3v, _ = attend(ql, k, v, key_mask=key_mask, backend=backend)
         k3v = k3v * present[:, None, :, None].to(k3v.dtype)
-        k2 = nystrom_kernel2(ql, kl, present, scale)
-        w = (pseudo_inverse(k2, self.pinv, self.iterations) @ k3v.to(k2.dtype)).to(q.dtype)
+        # kernel 2 and its pseudo-inverse in fp32 even under autocast (which would run these
+        # matmuls in bf16: the iterative inverse loses its accuracy and the mask fill overflows)
+        with torch.autocast(q.device.type, enabled=False):
+            k2 = nystrom_kernel2(ql, kl, present, scale)
+            w = (pseudo_inverse(k2, self.pinv, self.iterations) @ k3v.to(k2.dtype)).to(q.dtype)
         # kernel 1 times W: all queries over the present landmark keys
         out, _ = attend(q, kl, w, key_mask=present, backend=backend)
         if ctx is not None and ctx.capture is not None:
