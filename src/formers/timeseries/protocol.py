@@ -49,11 +49,14 @@ class Windows:
 @torch.no_grad()
 def evaluate_windows(predict: Callable[[torch.Tensor], torch.Tensor], windows: Windows,
                      batch_size: int, device: torch.device | str = "cpu",
-                     drop_last: bool = False) -> dict[str, float]:
+                     drop_last: bool = False, with_drop_last: bool = False) -> dict[str, float]:
     """MSE and MAE of ``predict(x: (b, L, C)) -> (b, H, C)`` over the windows, in order.
 
     Returns ``{"mse", "mae", "windows", "look_back", "horizon"}``; sums are accumulated in float64
     so the result does not depend on the batch size (up to float32 rounding of the predictions).
+    ``with_drop_last``: also ``mse_drop_last``, ``mae_drop_last``, ``windows_drop_last``, the
+    ``drop_last=True`` numbers, read from the same predictions (the full batches come first), so
+    the drop_last scoring costs no second pass (absent when no full batch exists).
 
     Raises:
         ValueError: batch_size <= 0, a prediction of the wrong shape, or ``drop_last`` leaving no
@@ -68,7 +71,11 @@ def evaluate_windows(predict: Callable[[torch.Tensor], torch.Tensor], windows: W
             raise ValueError(f"drop_last with batch_size {batch_size} leaves none of {len(windows)} windows")
     se = ae = 0.0
     count = 0
+    full = (n // batch_size) * batch_size
+    out: dict[str, float] = {}
     for a in range(0, n, batch_size):
+        if with_drop_last and a == full and full > 0:  # the batches so far are the full ones
+            out = {"mse_drop_last": se / count, "mae_drop_last": ae / count, "windows_drop_last": float(full)}
         idx = torch.arange(a, min(a + batch_size, n))
         x, y = windows.batch(idx)
         pred = predict(x.to(device)).float().cpu()
@@ -79,17 +86,20 @@ def evaluate_windows(predict: Callable[[torch.Tensor], torch.Tensor], windows: W
         se += float((d * d).sum())
         ae += float(d.abs().sum())
         count += d.numel()
+    if with_drop_last and full == n:
+        out = {"mse_drop_last": se / count, "mae_drop_last": ae / count, "windows_drop_last": float(n)}
     return {"mse": se / count, "mae": ae / count, "windows": float(n),
-            "look_back": float(windows.look_back), "horizon": float(windows.horizon)}
+            "look_back": float(windows.look_back), "horizon": float(windows.horizon), **out}
 
 
 def evaluate_model(model: nn.Module, windows: Windows, batch_size: int,
-                   device: torch.device | str = "cpu", drop_last: bool = False) -> dict[str, float]:
+                   device: torch.device | str = "cpu", drop_last: bool = False,
+                   with_drop_last: bool = False) -> dict[str, float]:
     """:func:`evaluate_windows` of a forecaster module in eval mode (its mode is restored)."""
     was = model.training
     model.eval()
     try:
-        return evaluate_windows(model, windows, batch_size, device, drop_last)
+        return evaluate_windows(model, windows, batch_size, device, drop_last, with_drop_last)
     finally:
         model.train(was)
 

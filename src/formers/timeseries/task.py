@@ -278,14 +278,14 @@ class ForecastTask(Task):
     def evaluate(self, model: nn.Module, n_batches: int, batch_size: int,
                  device: torch.device) -> dict[str, float]:
         val = evaluate_model(model, self.windows["val"], batch_size, device)
-        test = evaluate_model(model, self.windows["test"], batch_size, device)
+        test = evaluate_model(model, self.windows["test"], batch_size, device,
+                              with_drop_last=self.options["drop_last"])
         out = {"val_mse": val["mse"], "val_mae": val["mae"], "test_mse": test["mse"],
                "test_mae": test["mae"], "test_windows": test["windows"], "val_windows": val["windows"],
                "look_back": float(self.look_back), "horizon": float(self.horizon)}
-        if self.options["drop_last"] and len(self.windows["test"]) >= batch_size:
-            d = evaluate_model(model, self.windows["test"], batch_size, device, drop_last=True)
-            out.update({"test_mse_drop_last": d["mse"], "test_mae_drop_last": d["mae"],
-                        "test_windows_drop_last": d["windows"]})
+        if "mse_drop_last" in test:  # one pass scores both (drop_last needs a full batch)
+            out.update({"test_mse_drop_last": test["mse_drop_last"], "test_mae_drop_last": test["mae_drop_last"],
+                        "test_windows_drop_last": test["windows_drop_last"]})
         return out
 
     def plot_examples(self, models: dict[str, tuple[Task, nn.Module]], path: Any) -> Path:
