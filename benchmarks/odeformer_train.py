@@ -6,8 +6,8 @@ Three phases, each a separate command so that each fits one call (all resume):
     # 1. data: the paper's generator (dims 1..4) on every CPU core, as shards (resumable)
     .venv/bin/python benchmarks/odeformer_train.py gen --samples 120000 --workers 16
     # 2. training: `formers train ode` on the shards, killed cleanly at --minutes and resumed by
-    #    the next call (same command) from its last checkpoint
-    .venv/bin/python benchmarks/odeformer_train.py train --device cuda --minutes 8
+    #    the next call (same command) from its last checkpoint; --copy-to fetches the model
+    .venv/bin/python benchmarks/odeformer_train.py train --device cuda --minutes 8 --copy-to $OUT
     # 3. ODEBench: reconstruction / generalisation accuracy (R2 > 0.9) by dimension, ODEFormer
     #    beside SINDy and gplearn, at noise 0 and 0.05 and with 50% of the points dropped
     .venv/bin/python benchmarks/odeformer_train.py bench --device cuda --models odeformer,sindy,gplearn
@@ -76,6 +76,16 @@ def train(args) -> dict:
     state = Path(args.run) / "ckpt" / "state.json"
     step = json.loads(state.read_text())["step"] if state.is_file() else 0
     out = {"status": status, "checkpoint_step": step, "max_steps": args.steps}
+    if args.copy_to is not None and step:
+        import shutil
+
+        dest = Path(args.copy_to) / Path(args.run).name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in ("ckpt/config.json", "ckpt/model.safetensors", "summary.json", "metrics.jsonl",
+                  "config.yaml", "loss.png"):
+            if (Path(args.run) / f).is_file():
+                shutil.copy2(Path(args.run) / f, dest / Path(f).name)
+        out["copied_to"] = str(dest)
     print(json.dumps(out))
     return out
 
@@ -114,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="odeformer-gpu")
     p.add_argument("--device", default="cuda")
     p.add_argument("--minutes", type=float, default=8.0)
-    p.add_argument("--steps", type=int, default=12_000)
+    p.add_argument("--copy-to", type=Path, default=None,
+                   help="after training, copy the model folder (config.json, model.safetensors) and the "
+                        "run's summary/metrics here (e.g. $OUT, to fetch it)")
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--warmup", type=int, default=500)

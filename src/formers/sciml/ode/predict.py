@@ -86,7 +86,8 @@ class Fit:
 
     def equations(self) -> str:
         """Readable equations (``x_0' = ...``, one line per component), or a note when none parsed."""
-        return expr.to_str(self.system) if self.system is not None else "(no candidate parsed)"
+        return expr.to_str(self.system) if self.system is not None else (
+            "(no decoded candidate parsed into a system of this dimension: an undertrained model?)")
 
 
 def check_trajectory(t: Any, x: Any, max_dimension: int | None = None) -> tuple[np.ndarray, np.ndarray]:
