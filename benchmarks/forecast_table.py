@@ -213,6 +213,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "forecast-etth1-table")
     ap.add_argument("--copy-to", type=Path, default=None, help="also copy the results files here")
     ap.add_argument("--smoke", action="store_true", help="2 steps per run, results and runs in /tmp")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the table and plots, run nothing")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)  # internal: MODEL:H:SEED
     ap.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -248,7 +249,7 @@ def main() -> None:
     # longest first: Pathformer and PatchTST, then SAMformer, then DLinear
     order = {"pathformer": 0, "patchtst": 1, "samformer": 2, "dlinear": 3}
     todo = [(m, h, s) for m in sorted(models, key=order.get) for h in sorted(horizons, reverse=True)
-            for s in range(a.seeds) if key(m, h, s) not in result["records"]]
+            for s in range(a.seeds) if key(m, h, s) not in result["records"] and not a.report_only]
     print(f"{len(todo)} runs to do, {a.jobs} at a time on {a.device}", flush=True)
     t0 = time.time()
     running: dict[subprocess.Popen, tuple] = {}
