@@ -1,42 +1,52 @@
 """The ``forecast`` task: long-horizon multivariate forecasting under the literature's protocol.
 
-``formers train forecast --model samformer --opt dataset=ETTh1 --opt horizon=96`` and
-``formers compare forecast --models samformer,dlinear,patchtst --seeds 3``. Models are registered
-``forecaster`` entries (:mod:`formers.timeseries.forecaster`), not ``ModelConfig`` transformers:
-the task builds them from their own config class (``config_from_dict`` / ``build_model`` /
-``load_model``). One compare runs one horizon; for the four-horizon table run one compare per
-horizon (``--opt horizon=192 --out runs/compare-forecast-h192`` ...).
+``formers train forecast`` (no options: the bundled Mauna Loa co2 series, SAMformer),
+``formers train forecast --model pathformer --opt dataset=ETTh1 horizon=96`` and
+``formers compare forecast --models samformer,pathformer,dlinear,patchtst --opt dataset=ETTh1
+--horizons 96,192,336,720 --seeds 3`` (one compare per horizon, one table with a horizon column,
+a plot of forecasts against the truth per horizon). Models are registered ``forecaster`` entries
+(:mod:`formers.timeseries.forecaster`), not ``ModelConfig`` transformers: the task builds them
+from their own config class (``config_from_dict`` / ``build_model`` / ``load_model``).
 
-Protocol (SAMformer, arXiv 2402.10198, §5 and its TF ``run.py``; splits and metrics as in
-:mod:`formers.timeseries.data` and :mod:`formers.timeseries.protocol`):
+Data: ``dataset=co2`` (default; :mod:`formers.timeseries.bundled`, statsmodels' copy, public
+domain, 59 missing weeks linearly interpolated, look-back 96, horizon 52, split 70/10/20), a
+file-based benchmark (``ETTh1`` ..., :mod:`formers.timeseries.data`) or any CSV (``--data``). What
+was used is printed by ``formers train`` and recorded (``describe()['source']``, sha256).
 
-* training windows are shuffled once per epoch (``numpy.random.default_rng([seed, epoch])``), batch
-  32, the last batch of an epoch smaller; MSE loss (``loss=mae`` gives Pathformer's L1 loss); a
-  forecaster's ``aux_loss()`` is added;
-* the default budget is 100 epochs with evaluation and a checkpoint every epoch, early stopping
-  with patience 5 on validation MSE (the best epoch's weights are reported), Adam-style AdamW
-  (lr 1e-3, betas 0.9/0.999, constant lr, no clipping), weight decay 1e-5, SAM with ρ = 0.7
-  (``--sam-rho 0`` for plain Adam), fp32;
+Training: every forecaster trains with its own paper's recipe by default
+(:mod:`formers.timeseries.recipe`; :meth:`ForecastTask.recipe_options` sets its look-back, loss
+and drop_last scoring, :meth:`ForecastTask.recipe_train` its optimiser, schedule, batch, epochs
+and patience); user options and flags override any field, and ``summary.json['recipe']`` records
+the recipe, its source and every field changed. What every model shares (so a comparison differs
+only in the models and their recipes):
+
+* training windows are shuffled once per epoch (``numpy.random.default_rng([seed, epoch])``), the
+  last batch of an epoch smaller; the recipe's loss (MSE, or L1 for Pathformer) plus a
+  forecaster's ``aux_loss()``;
+* evaluation and a checkpoint every epoch, early stopping on the validation loss of the recipe's
+  kind (``val_mse``, or ``val_mae`` with the L1 loss), the best epoch's weights reported; fp32,
+  no gradient clipping, Adam betas 0.9 / 0.999 (AdamW with decay 0 = Adam);
 * evaluation: MSE and MAE on the normalised scale over every validation and test window
   (``val_mse``, ``val_mae``, ``test_mse``, ``test_mae``, with ``look_back``, ``horizon`` and
-  ``test_windows``); ``drop_last=true`` adds ``test_mse_drop_last`` / ``test_mae_drop_last``
-  scored as the Pathformer code does (the last incomplete test batch dropped).
+  ``test_windows``); ``drop_last=true`` (Pathformer's recipe) adds ``test_mse_drop_last`` /
+  ``test_mae_drop_last`` scored as the Pathformer code does (the last incomplete test batch of
+  the recipe's batch size dropped), from the same pass.
 
-``metric`` (what compare tabulates) is ``test_mse``; the best evaluation and early stopping use
-``select_metric`` = ``val_mse``; test numbers never select anything.
+``metric`` (what compare tabulates) is ``test_mse``; test numbers never select anything.
+``default_train()`` is SAMformer's recipe (batch 32, SAM rho 0.7 around Adam lr 1e-3, weight decay
+1e-5, 100 epochs, patience 5: SAMformer arXiv 2402.10198 §5 and its TF ``run.py``).
 
-Deviations: the reference trains with Keras/torch Adam whose weight decay 1e-5 is an L2 term on
-every weight; here it is AdamW's decoupled decay on matrices only (1-D parameters undecayed), a
-negligible difference at 1e-5. The evaluation ignores ``eval_batches`` (all windows are always
-scored). The epoch length is fixed by the default batch size: changing ``--batch-size`` keeps
-``eval_every`` at the default epoch's steps. Features ``MS`` (many inputs, one output) is not
-offered; ``S`` forecasts the target alone.
+Deviations: SAMformer's weight decay 1e-5 is AdamW's decoupled decay on matrices only (the
+reference: an L2 term on every weight), negligible at 1e-5; the reference codes of Pathformer,
+DLinear and PatchTST drop the last incomplete training batch of an epoch, here it is kept; the
+per-recipe deviations are in each recipe's ``choices``. The evaluation ignores ``eval_batches``
+(all windows are always scored). Changing ``--batch-size`` keeps ``eval_every`` at the recipe's
+epoch. Features ``MS`` (many inputs, one output) is not offered; ``S`` forecasts the target alone.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
