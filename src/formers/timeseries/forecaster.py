@@ -30,7 +30,6 @@ Adding a model is registering one class::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from formers.config import Config
+from formers.nn.family import build_family, family_config, family_config_from_dict, load_family
 from formers.registry import get
 from formers.timeseries.recipe import DEFAULT_RECIPE, ForecastRecipe
 
@@ -67,10 +67,7 @@ class ForecasterConfig(Config):
 
 def forecaster_config(name: str, **fields: Any) -> ForecasterConfig:
     """The config of registered forecaster ``name`` with ``fields`` set (unknown fields -> ValueError)."""
-    entry = get("forecaster", name)
-    if entry.config is None:
-        raise ValueError(f"forecaster {name!r} was registered without a config class")
-    return entry.config.from_dict({**fields, "model": name})
+    return family_config("forecaster", name, **fields)
 
 
 def forecaster_recipe(name: str, horizon: int) -> ForecastRecipe:
@@ -90,38 +87,21 @@ def forecaster_recipe(name: str, horizon: int) -> ForecastRecipe:
 
 def config_from_dict(data: dict[str, Any]) -> ForecasterConfig:
     """Rebuild a forecaster config from ``cfg.to_dict()`` (its ``model`` field names the class)."""
-    if not isinstance(data, dict) or "model" not in data:
-        raise ValueError(f"a forecaster config dict needs a 'model' field, got {data!r:.200}")
-    return forecaster_config(data["model"], **{k: v for k, v in data.items() if k != "model"})
+    return family_config_from_dict("forecaster", data)
 
 
 def build_forecaster(cfg: ForecasterConfig) -> nn.Module:
     """The module of ``cfg`` (its registered class called with ``cfg``)."""
     if not isinstance(cfg, ForecasterConfig):
         raise TypeError(f"build_forecaster: expected a ForecasterConfig, got {type(cfg).__name__}")
-    return get("forecaster", cfg.model).obj(cfg)
+    return build_family("forecaster", cfg)
 
 
 def load_forecaster(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """A forecaster saved by :func:`formers.nn.io.save_model` (config.json + model.safetensors).
 
     Raises FileNotFoundError for missing files, ValueError for a bad config or mismatched weights."""
-    from safetensors.torch import load_model as st_load
-
-    folder = Path(folder)
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found")
-    try:
-        cfg = config_from_dict(json.loads((folder / "config.json").read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"{folder / 'config.json'} is not a valid forecaster config: {e}") from None
-    model = build_forecaster(cfg)
-    try:
-        st_load(model, str(folder / "model.safetensors"), strict=True, device=str(device))
-    except Exception as e:
-        raise ValueError(f"cannot load {folder / 'model.safetensors'}: {e}") from None
-    return model.to(device)
+    return load_family("forecaster", folder, device)
 
 
 def check_input(model: nn.Module, x: torch.Tensor) -> None:
