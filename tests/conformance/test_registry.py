@@ -8,7 +8,8 @@ from formers import registry
 
 from .checks import check_documented
 
-PAPER_KINDS = ("attention", "ffn", "norm", "position", "model")
+PAPER_KINDS = ("attention", "ffn", "norm", "position", "model", "forecaster", "surrogate", "pinn",
+               "symbolic", "weather")
 # Neutral settings that have no source paper by nature.
 NO_PAPER = {("position", "none")}
 
