@@ -80,7 +80,8 @@ def run_job(model: str, horizon: int, seed: int, device: str, threads: int, runs
     s = Trainer(task, task.model_config(model), cfg, run, resume=run.exists()).fit()
     spe = cfg.eval_every
     rec = {k: s.get(k) for k in KEEP if s.get(k) is not None}
-    rec.update({"model": model, "horizon": horizon, "seed": seed, "run": str(run), "look_back": task.look_back,
+    where = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run  # no machine paths in results
+    rec.update({"model": model, "horizon": horizon, "seed": seed, "run": str(where), "look_back": task.look_back,
                 "epochs": s["steps"] / spe, "best_epoch": (s["best"]["step"] // spe) if s.get("best") else None,
                 "recipe": s["recipe"]["summary"], "recipe_changed": s["recipe"]["changed"],
                 "threads": threads, "device_name": (torch.cuda.get_device_name() if cfg.device.startswith("cuda")

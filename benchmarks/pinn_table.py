@@ -130,7 +130,8 @@ def collect(runs: Path, pdes, models, targets) -> list[dict]:
                 "step_time_median_s": s.get("step_time_median_s"),
                 "paper_rMAE": PAPER.get(pde, {}).get(model, (None, None))[0],
                 "paper_rRMSE": PAPER.get(pde, {}).get(model, (None, None))[1],
-                "curve": curve, "run": str(run),
+                "curve": curve,
+                "run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
             })
     return rows
 
@@ -193,7 +194,7 @@ def plot_fields(rows: list[dict], path: Path) -> None:
         n, ext = prob.test_grid, (prob.lower[0], prob.upper[0], prob.lower[1], prob.upper[1])
         panels = [("exact", prob.exact(pts[:, 0], pts[:, 1]))]
         for r in (x for x in rows if x["pde"] == pde):
-            ckpt = find_checkpoint(Path(r["run"]))
+            ckpt = find_checkpoint(ROOT / r["run"])  # relative to the repository, or absolute
             if ckpt is not None:
                 model = load_pinn(ckpt)
                 with torch.no_grad():
