@@ -11,6 +11,11 @@ Layout of ``RUN/ckpt/``::
                          scalar state, python / numpy RNG scalars, sha256 of every .safetensors
                          file (checked on load); written last (completion mark)
 
+The files hold the full (unsharded) model and optimiser state whatever the run's world size and
+``TrainConfig.parallel`` (a DDP or single-process run saves its model and optimiser as they are;
+an FSDP2 run gathers them first, :func:`formers.train.distributed.gather_full_state`), so a
+checkpoint loads into a single process, a DDP run or an FSDP2 run of any world size.
+
 Saving is atomic at the folder level: everything is written to a fresh ``RUN/ckpt.tmp-XXXX``,
 then the old ``ckpt`` is renamed to ``ckpt.old-XXXX`` and the new folder renamed to ``ckpt``;
 stale folders are deleted afterwards. A process killed at any moment therefore leaves either
@@ -35,7 +40,7 @@ from torch import nn
 
 from formers.atomic import atomic_write, write_json
 from formers.nn.config import ModelConfig
-from formers.train.distributed import unwrap
+from formers.train.distributed import is_fsdp, load_full_state, unwrap
 
 CKPT = "ckpt"
 STATE_FILE = "state.json"
@@ -83,13 +88,13 @@ def set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> 
 LIST = "__list__"  # marks a list-valued optimiser state entry (L-BFGS history) in state.json
 
 
-def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimiser state as (tensors keyed ``state.<param index>.<name>``, JSON metadata).
+def _optimizer_to_flat(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimiser state dict (``Optimizer.state_dict()`` form) as (tensors keyed
+    ``state.<param index>.<name>``, JSON metadata).
 
     A list-valued entry (L-BFGS's ``old_dirs``, ``old_stps``, ``ro``, ``al``) keeps its tensors as
     ``state.<index>.<name>.<i>`` and its layout in the metadata: ``{"__list__": [...]}`` with None
     where item i is a tensor and the plain value (a number or None) otherwise."""
-    sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, st in sd["state"].items():
@@ -175,12 +180,18 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     *, step: int, train_cfg: Any = None, best: dict | None = None,
-                    schedule: dict | None = None, extra: dict | None = None) -> Path:
+                    schedule: dict | None = None, extra: dict | None = None,
+                    weights: dict[str, torch.Tensor] | None = None,
+                    optimizer_state: dict | None = None) -> Path:
     """Write ``run_dir/ckpt`` atomically (see the module docstring) and return its path.
 
     Args:
         model: the model (DDP / compiled wrappers are unwrapped); must carry ``.cfg``.
         optimizer: its state tensors go to ``optimizer.safetensors`` (None: no optimiser state).
+        weights / optimizer_state: the full weights (tied duplicates dropped) and optimiser state
+            dict to write instead of ``model``'s and ``optimizer``'s own (an FSDP2 run passes those
+            of :func:`formers.train.distributed.gather_full_state`; ``model`` then only gives
+            the config).
         step: optimiser steps completed. train_cfg: a Config (stored as a dict) or None.
         best: e.g. ``{"name": "val_bpb", "value": 1.2, "step": 400}``. schedule: facts about the
         learning-rate schedule. extra: any JSON-able trainer facts.
@@ -191,10 +202,16 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, optimizer: torch.opti
     run_dir.mkdir(parents=True, exist_ok=True)
     model = unwrap(model)
     tmp = Path(tempfile.mkdtemp(prefix=f"{CKPT}.tmp-", dir=run_dir))
-    save_model(model, tmp)
+    if weights is not None:
+        _save_tensors(tmp / "model.safetensors", weights)
+        write_json(tmp / "config.json", model.cfg.to_dict())
+    else:
+        save_model(model, tmp)
     opt_meta = None
-    if optimizer is not None:
-        opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
+    if optimizer_state is None and optimizer is not None:
+        optimizer_state = optimizer.state_dict()
+    if optimizer_state is not None:
+        opt_tensors, opt_meta = _optimizer_to_flat(optimizer_state)
         _save_tensors(tmp / "optimizer.safetensors", opt_tensors)
     rng_tensors, rng_scalars = rng_state()
     _save_tensors(tmp / "rng.safetensors", rng_tensors)
@@ -324,20 +341,33 @@ def check_model_config(folder: str | Path, cfg: ModelConfig) -> None:
                          + "; ".join(_config_diff(saved, now)))
 
 
+def _load_weights(model: nn.Module, weights: Path) -> None:
+    from safetensors.torch import load_model as st_load
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        missing, unexpected = st_load(model, str(weights), strict=False, device=str(device))
+    except Exception as e:
+        raise ValueError(f"checkpoint file {weights} is corrupt or does not fit the model: {e}") from None
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not match the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     *, restore_rng: bool = True) -> dict:
     """Load a checkpoint into ``model`` (and ``optimizer``, and the global RNGs); return state.json.
 
     ``path`` is a checkpoint folder or a run folder (its :func:`find_checkpoint` is used).
     The model's weights are loaded in place (strict: every tensor must match in name and shape).
+    An FSDP2-sharded ``model`` (:func:`formers.train.distributed.wrap_fsdp`) keeps its shard of
+    the full state; then every rank must call this (a collective).
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
         ValueError: the checkpoint was saved for a different model config, or a file is missing,
             corrupt or does not match the model / optimiser.
     """
-    from safetensors.torch import load_model as st_load
-
     path = Path(path)
     folder = path if (path / STATE_FILE).is_file() or (path / "model.safetensors").is_file() \
         else find_checkpoint(path)
@@ -361,14 +391,19 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise ValueError(f"checkpoint file {weights} is missing")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        missing, unexpected = st_load(model, str(weights), strict=False, device=str(device))
-    except Exception as e:
-        raise ValueError(f"checkpoint file {weights} is corrupt or does not fit the model: {e}") from None
-    if missing or unexpected:
-        raise ValueError(f"{weights} does not match the model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+    if is_fsdp(model):
+        if optimizer is not None and state.get("optimizer") is None:
+            raise ValueError(f"checkpoint {folder} holds no optimiser state")
+        osd = None
+        if optimizer is not None:
+            osd = _optimizer_from_flat(_load_tensors(folder / "optimizer.safetensors"), state["optimizer"])
+        try:
+            load_full_state(model, optimizer, _load_tensors(weights), osd)
+        except ValueError as e:
+            raise ValueError(f"checkpoint {folder}: {e}") from None
+        optimizer = None  # loaded
+    else:
+        _load_weights(model, weights)
     if optimizer is not None:
         if state.get("optimizer") is None:
             raise ValueError(f"checkpoint {folder} holds no optimiser state")

@@ -36,6 +36,13 @@ class TrainConfig(Config):
     iterations per optimiser step at learning rate ``lr`` (the full-batch optimiser of PINNs; the
     step's closure re-runs every micro-batch). L-BFGS takes no gradient clipping (grad_clip must be
     0: its line search needs the true gradient) and no SAM.
+    parallel: how a run launched by ``torchrun`` with ``WORLD_SIZE`` > 1 spreads the model over
+    its ranks (ignored by a single process): ``ddp`` (default): every rank holds the whole model
+    (``DistributedDataParallel``); ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard`` per
+    block, then the root) shards weights, gradients and optimiser state over the ranks, for models
+    that do not fit one GPU (bf16 compute / fp32 gradient reduction when the dtype is bf16; AdamW
+    only, no SAM). Either way ``batch_size`` is the global batch, so a run may be resumed under
+    the other mode or at another world size (:mod:`formers.train.distributed`).
     """
 
     max_steps: int = 1000
@@ -64,6 +71,7 @@ class TrainConfig(Config):
     early_stopping: int = 0
     optimizer: Literal["adamw", "lbfgs"] = "adamw"
     lbfgs_max_iter: int = 20
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
@@ -73,6 +81,11 @@ class TrainConfig(Config):
         check_choice(o, "dtype", self.dtype, ("auto", "fp32", "bf16"))
         check_choice(o, "optimizer", self.optimizer, ("adamw", "lbfgs"))
         check_positive(o, lbfgs_max_iter=self.lbfgs_max_iter)
+        check_choice(o, "parallel", self.parallel, ("ddp", "fsdp"))
+        if self.parallel == "fsdp" and (self.optimizer != "adamw" or self.sam_rho > 0):
+            raise ValueError(f"{o}: parallel 'fsdp' takes optimizer 'adamw' without SAM (their steps "
+                             f"read whole, unsharded gradients); got optimizer = {self.optimizer!r}, "
+                             f"sam_rho = {self.sam_rho}: use parallel 'ddp'")
         if self.optimizer == "lbfgs" and (self.grad_clip > 0 or self.sam_rho > 0):
             raise ValueError(f"{o}: optimizer 'lbfgs' takes no grad_clip or sam_rho (its line search "
                              f"needs the true gradient); got grad_clip = {self.grad_clip}, "

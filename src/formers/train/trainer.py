@@ -212,7 +212,12 @@ class Trainer:
             checkpoint saved for a different model config or a corrupt checkpoint.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the trainer joins the process group (gloo on CPU,
-    nccl on CUDA), wraps the model in DDP, and only rank 0 evaluates and writes files.
+    nccl on CUDA) and wraps the model in DDP (``train_cfg.parallel = "ddp"``) or shards it with
+    FSDP2 (``"fsdp"``, :func:`formers.train.distributed.wrap_fsdp`); only rank 0 writes files.
+    Under DDP only rank 0 evaluates; under FSDP every rank runs the evaluation (each forward
+    gathers the sharded weights from all ranks) and rank 0 records it. Checkpoints hold the full
+    state, so a run may resume at another world size or under the other mode (the global batch,
+    step and schedule are kept; see :mod:`formers.train.distributed`).
     """
 
     def __init__(self, task: Task, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -261,7 +266,12 @@ class Trainer:
                 f"(resume=True) to continue that run, or choose a new --out folder")
 
         seed_everything(cfg.seed)
-        self.model = self.task.build_model(self.model_cfg).to(device)
+        self.fsdp = info.enabled and cfg.parallel == "fsdp"
+        if self.fsdp:  # shards move to the device; the whole model never has to fit one GPU
+            self.model = D.wrap_fsdp(self.task.build_model(self.model_cfg), info, device,
+                                     param_dtype=self.amp_dtype)
+        else:
+            self.model = self.task.build_model(self.model_cfg).to(device)
         self.model.train()
         self.optimizer = build_optimizer(self.model, cfg)
         self.sam = SAM(self.optimizer, cfg.sam_rho) if cfg.sam_rho > 0 else None
@@ -283,13 +293,20 @@ class Trainer:
                 self._check_resume(state)
                 self._say(f"resuming from {ckpt} at step {self.start_step}")
 
-        self.ddp = D.wrap_ddp(self.model, info, device)
-        self.train_model = torch.compile(self.ddp) if cfg.compile else self.ddp
+        if self.fsdp:
+            self.ddp = self.model
+            if cfg.compile:  # FSDP2 + compile: each block compiled, the hooks between stay eager
+                for unit in D.shard_units(self.model):
+                    unit.compile()
+            self.train_model = self.model
+        else:
+            self.ddp = D.wrap_ddp(self.model, info, device)
+            self.train_model = torch.compile(self.ddp) if cfg.compile else self.ddp
 
     # Fields a resumed run may change: the budget and how the run is watched or executed. Any other
     # change (data, seed, optimiser, batch, ...) would silently make a different run.
     RESUMABLE_CHANGES = frozenset({"max_steps", "eval_every", "eval_batches", "checkpoint_every",
-                                   "quiet", "device", "compile"})
+                                   "quiet", "device", "compile", "parallel"})
 
     def _check_resume(self, state: dict) -> None:
         """Refuse to resume with other data or other training settings than the checkpoint's."""
@@ -358,8 +375,8 @@ class Trainer:
         """Validation metrics on rank 0 (None elsewhere); the training RNG state is untouched.
         ``track``: update the best evaluation (and, with early stopping, ``best/`` and the count
         of evaluations without improvement)."""
-        metrics = None
-        if self.dist.is_main:
+        metrics, save_best = None, False
+        if self.dist.is_main or self.fsdp:  # FSDP: every rank takes part in each forward
             raw = D.unwrap(self.model)
             raw.eval()
             devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -368,6 +385,9 @@ class Trainer:
                     out = self.task.evaluate(raw, self.cfg.eval_batches, self.cfg.batch_size, self.device)
             finally:
                 raw.train()
+            if not self.dist.is_main:
+                out = None
+        if self.dist.is_main:
             if not isinstance(out, dict) or self.task.metric not in out:
                 raise ValueError(f"{type(self.task).__name__}.evaluate must return a dict holding "
                                  f"{self.task.metric!r}, got {out!r}")
@@ -382,30 +402,52 @@ class Trainer:
             if track and better:
                 self.best = {"name": sel, "value": m, "step": step}
                 self.bad_evals = 0
-                if self.cfg.early_stopping:
-                    from formers.nn.io import save_model
-
-                    save_model(D.unwrap(self.model), self.out_dir / "best")
+                save_best = bool(self.cfg.early_stopping)
             elif track:
                 self.bad_evals += 1
-        if track and self.dist.enabled:  # every rank must agree on stopping
-            t = torch.tensor([float(self.bad_evals)], device=self.device)
+        if track and self.dist.enabled:  # every rank must agree on stopping (and on saving)
+            t = torch.tensor([float(self.bad_evals), float(save_best)], device=self.device)
             torch.distributed.broadcast(t, 0)
-            self.bad_evals = int(t.item())
+            self.bad_evals, save_best = int(t[0].item()), bool(t[1].item())
+        if save_best:
+            self._save_best()
         D.barrier(self.dist)
         return metrics
+
+    def _save_best(self) -> None:
+        """Write the current weights to ``best/`` (rank 0; under FSDP every rank gathers first)."""
+        from formers.nn.io import save_model
+
+        folder = self.out_dir / "best"
+        if self.fsdp:
+            from safetensors.torch import save_file
+
+            weights, _ = D.gather_full_state(self.model, None)
+            if self.dist.is_main:
+                atomic_write(folder / "model.safetensors", lambda tmp: save_file(weights, tmp))
+                write_json(folder / "config.json", D.unwrap(self.model).cfg.to_dict())
+        elif self.dist.is_main:
+            save_model(D.unwrap(self.model), folder)
 
     def _load_best(self) -> bool:
         """Load the weights saved at the best evaluation (``best/``) into the model, if any."""
         path = self.out_dir / "best" / "model.safetensors"
         if not path.is_file():
             return False
+        if self.fsdp:
+            from safetensors.torch import load_file
+
+            D.load_full_state(self.model, None, load_file(str(path)), None)
+            return True
         from safetensors.torch import load_model as st_load
 
         st_load(D.unwrap(self.model), str(path), strict=True, device=str(self.device))
         return True
 
     def _checkpoint(self, step: int) -> None:
+        full: dict = {}
+        if self.fsdp:  # a collective: every rank sends its shards, rank 0 receives the full state
+            full["weights"], full["optimizer_state"] = D.gather_full_state(self.model, self.optimizer)
         if self.dist.is_main:
             save_checkpoint(
                 self.out_dir, self.model, self.optimizer, step=step, train_cfg=self.cfg,
@@ -414,7 +456,9 @@ class Trainer:
                           "max_steps": self.cfg.max_steps, "min_lr_ratio": self.cfg.min_lr_ratio,
                           "next_lr": lr_at(step, self.cfg)},
                 extra={"tokens": self.tokens_seen, "world_size": self.dist.world_size,
-                       "bad_evals": self.bad_evals, "stopped": self.stopped},
+                       "bad_evals": self.bad_evals, "stopped": self.stopped,
+                       "parallel": "fsdp" if self.fsdp else ("ddp" if self.dist.enabled else "none")},
+                **full,
             )
         D.barrier(self.dist)
 
@@ -444,12 +488,15 @@ class Trainer:
                 self.sam.restore()
         if cfg.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        elif self.fsdp:  # DTensor gradient shards: the norm reduces over ranks
+            gnorm = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.model.parameters() if p.grad is not None])
         else:
             gnorm = self._grad_norm()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         train_loss = D.all_reduce_mean(loss_sum / cfg.grad_accum, info)
-        return float(train_loss.item()), float(gnorm.item()), tokens
+        return float(train_loss.item()), D.to_float(gnorm), tokens
 
     def _grad_norm(self) -> torch.Tensor:
         """The global L2 norm of the current gradients (0 when there are none)."""
@@ -484,10 +531,7 @@ class Trainer:
     def _forward_backward(self, micro: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Forward + backward of one micro-batch (loss / grad_accum); returns the detached loss."""
         cfg = self.cfg
-        sync = nullcontext()
-        if self.dist.enabled and micro < cfg.grad_accum - 1:
-            sync = self.ddp.no_sync()
-        with sync:
+        with D.sync_context(self.ddp, sync=micro == cfg.grad_accum - 1):
             with self._autocast():
                 # the model's auxiliary losses (MoE load balancing) join every task's loss
                 loss = self.task.loss(self.train_model, batch) + aux_loss(self.model)
