@@ -402,8 +402,7 @@ def _compare_one(task: str, models: Optional[str], seeds: int, flags, cfg_file: 
     return compare(task, names, seeds, trains, out, options, overrides or None)
 
 
-def bench_cmd(
-    what: tyro.conf.Positional[typing.Literal["attention"]],
+def bench_attention_cmd(
     device: str = "auto",
     lengths: tuple[int, ...] = (),
     min_len: int = 256,
@@ -427,9 +426,9 @@ def bench_cmd(
     out: Path = Path("benchmarks/results"),
     quiet: bool = False,
 ) -> None:
-    """Benchmarks. ``attention``: time and peak memory vs sequence length of every registered
-    token mixer beside softmax SDPA, fwd and fwd+bwd; writes attention_scaling-DEVICE[-causal]
-    .json/.md/.png in --out (see formers.bench.attention for what is measured and how).
+    """Time and peak memory vs sequence length of every registered token mixer beside softmax
+    SDPA, fwd and fwd+bwd; writes attention_scaling-DEVICE[-causal].json/.md/.png in --out (see
+    formers.bench.attention for what is measured and how).
 
     Args:
         lengths: explicit lengths (default: powers of 2 from --min-len to --max-len; max 8192 on
@@ -471,6 +470,84 @@ def bench_cmd(
     if not quiet:
         Console().print(Markdown(table_markdown(result)))
     print(f"written: {paths['json']}, {paths['md']}, {paths['png']}")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def bench_train_cmd(
+    preset: str = "tiny",
+    models: str = "baseline",
+    peers: str = "",
+    batch_size: Optional[int] = None,
+    seq_len: Optional[int] = None,
+    steps: int = 10,
+    warmup: int = 3,
+    repeats: int = 3,
+    compile: bool = True,
+    compile_mode: str = "default",
+    dtype: str = "auto",
+    device: str = "auto",
+    peak_tflops: Optional[float] = None,
+    sdpa_backend: str = "auto",
+    interleave: bool = True,
+    threads: int = 0,
+    seed: int = 0,
+    out: Path = Path("benchmarks/results"),
+    compare: Optional[Path] = None,
+    quiet: bool = False,
+) -> None:
+    """Training throughput (tokens/s, step time, peak memory, MFU) of model variants and peers
+    (HF GPT-2, x-transformers) measured in the same process on random tokens; writes
+    train_bench-DEVICE-PRESET.json/.md/.png in --out (see formers.bench.train).
+
+    Args:
+        preset: gpt2-small | gpt2-medium | tiny (CPU).
+        models: comma list of model presets (formers list model); NAME@G = MatFormer granularity G, NAME@all = every granularity. Empty: peers only.
+        peers: comma list of hf, xtransformers (pip install 'formers[peers]').
+        batch_size: default: the preset's (16 for gpt2-*, 8 for tiny).
+        seq_len: default: the preset's (1024 for gpt2-*, 128 for tiny).
+        steps: measured steps per window.
+        warmup: steps before measuring (compilation happens here).
+        repeats: windows per entry, interleaved across entries (A,B,C,A,B,C).
+        compile: torch.compile the loss (model + cross-entropy) of every entry (--no-compile: eager).
+        compile_mode: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs.
+        dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32.
+        peak_tflops: device peak for MFU (default: the known-GPU table; CPU: none).
+        sdpa_backend: auto | flash | cudnn | efficient | math (for every entry).
+        interleave: keep all entries resident and interleave windows (--no-interleave: one at a
+            time, freed in between).
+        compare: a stored train_bench JSON; prints the per-row change.
+    """
+    from formers.bench.train import (TrainBenchConfig, compare_records, read_record, run_bench,
+                                     table_markdown)
+
+    _load_all()
+    old = read_record(compare) if compare is not None else None
+    cfg = TrainBenchConfig(preset=preset, models=_csv(models), peers=_csv(peers), batch_size=batch_size,
+                           seq_len=seq_len, steps=steps, warmup=warmup, repeats=repeats,
+                           compile=compile,
+                           compile_mode=compile_mode, dtype=dtype, device=device, peak_tflops=peak_tflops,
+                           sdpa_backend=sdpa_backend, interleave=interleave, threads=threads, seed=seed)
+    progress = None if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    record, paths = run_bench(cfg, out, progress)
+    print(table_markdown(record))
+    if old is not None:
+        print(compare_records(old, record))
+    print(f"written: {paths['json']}, {paths['md']}, {paths['png']}")
+
+
+BENCH_COMMANDS = {
+    "attention": bench_attention_cmd,
+    "train": bench_train_cmd,
+}
+
+
+def bench_cmd() -> None:
+    """Benchmarks: ``formers bench attention`` (token mixers vs sequence length), ``formers bench
+    train`` (training throughput, MFU and peers). ``formers bench SUBCOMMAND --help`` for flags."""
+    raise ValueError("formers bench needs a subcommand: " + " | ".join(BENCH_COMMANDS))
 
 
 def data_cmd(
@@ -626,6 +703,10 @@ def merge_repeated(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = merge_repeated(list(sys.argv[1:] if argv is None else argv))
     try:
+        if argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in (*BENCH_COMMANDS, "--help", "-h"):
+            # `formers bench SUB ...`: a second level of subcommands
+            tyro.extras.subcommand_cli_from_dict(BENCH_COMMANDS, args=argv[1:], prog="formers bench")
+            return 0
         tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="formers")
     except (ValueError, TypeError, OSError) as e:  # FileNotFoundError, PermissionError, ...
         print(f"formers: error: {e}", file=sys.stderr)
