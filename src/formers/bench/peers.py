@@ -71,7 +71,8 @@ def hf_gpt2(cfg: ModelConfig, attn_implementation: str = "sdpa") -> nn.Module:
 
     vocab_size, max_seq_len (n_positions), d_model (n_embd), n_layers, n_heads, d_ff (n_inner),
     norm_eps, tie_embeddings are copied; dropout is ``cfg.dropout`` everywhere; the activation is
-    ``gelu_new`` (the tanh GELU, as ours). ``attn_implementation``: ``sdpa`` (default), ``eager``
+    ``gelu_pytorch_tanh`` (``F.gelu(approximate="tanh")``, the same call as our ``mlp``; HF's
+    ``gelu_new`` is the same function written out in Python ops, equal only to float rounding). ``attn_implementation``: ``sdpa`` (default), ``eager``
     or any value transformers accepts. Call with ``model(input_ids).logits`` ((batch, seq, vocab)).
 
     Raises:
@@ -89,7 +90,7 @@ def hf_gpt2(cfg: ModelConfig, attn_implementation: str = "sdpa") -> nn.Module:
     hf_cfg = GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model,
         n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.ffn_hidden,
-        activation_function="gelu_new", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+        activation_function="gelu_pytorch_tanh", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
         attn_pdrop=cfg.dropout, layer_norm_epsilon=cfg.norm_eps,
         initializer_range=cfg.init_std, tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=eos, eos_token_id=eos, use_cache=False,
