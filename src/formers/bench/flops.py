@@ -34,25 +34,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from formers.nn.flops import module_flops
+
 # registry (kind, name) -> why the entry declares no FLOP count (see the module docstring)
 NOT_DECLARED: dict[tuple[str, str], str] = {}
-
-
-def linear_flops(module: nn.Module, tokens: int) -> float:
-    """2 x in x out x ``tokens`` summed over the ``nn.Linear`` modules in ``module`` (itself
-    included): the FLOPs of running all of them once on ``tokens`` tokens."""
-    return float(sum(2 * m.in_features * m.out_features * tokens
-                     for m in module.modules() if isinstance(m, nn.Linear)))
-
-
-def _walk(module: nn.Module, seq_len: int, causal: bool) -> float:
-    declare = getattr(module, "forward_flops", None)
-    if callable(declare):
-        return float(declare(seq_len, causal))
-    if isinstance(module, nn.Linear):
-        return 2.0 * module.in_features * module.out_features * seq_len
-    return sum(_walk(child, seq_len, causal) for child in module.children())
-
 
 
 def forward_flops(model: nn.Module, seq_len: int, *, causal: bool | None = None) -> float:
@@ -60,18 +45,23 @@ def forward_flops(model: nn.Module, seq_len: int, *, causal: bool | None = None)
     multiply-add), summing the declarations of its parts (see the module docstring).
 
     Args:
-        model: a built formers model (any device, the meta device included: nothing runs).
+        model: a built formers model or part (any device, the meta device included: nothing runs).
         seq_len: tokens per sequence (>= 1).
-        causal: ``None`` / ``False``: dense attention counts the full n^2 square (the issue's
-            ``12 L d T`` convention); ``True``: only the causal pairs n (n + 1) / 2.
+        causal: ``None`` (default): every stack in its own mode (decoder causal, encoder not; a
+            part outside any stack: causal) and dense attention over the **full square** (the
+            issue's ``12 L d T`` convention). ``True``: the same modes, but dense attention in
+            causal layers counts only the n (n + 1) / 2 pairs a causal kernel computes.
+            ``False``: every layer in its bidirectional form (full square).
     Returns:
         FLOPs (float) for batch 1.
     Raises:
-        ValueError: ``seq_len`` < 1.
+        ValueError: ``seq_len`` not an int >= 1, or ``causal`` not None / bool.
     """
-    if not isinstance(seq_len, int) or seq_len < 1:
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"forward_flops: seq_len must be an int >= 1, got {seq_len!r}")
-    return _walk(model, seq_len, bool(causal))
+    if causal not in (None, True, False):
+        raise ValueError(f"forward_flops: causal must be None, True or False, got {causal!r}")
+    return module_flops(model, seq_len, causal is not False, causal is not True)
 
 
 def train_flops_per_token(cfg, seq_len: int, *, causal: bool | None = None) -> float:

@@ -66,6 +66,10 @@ class PlainResidual(nn.Module):
     def begin(self, x: torch.Tensor) -> None:
         return None
 
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """No work beyond the blocks' own residual additions: 0."""
+        return 0.0
+
     def after_block(self, i: int, x: torch.Tensor, state: None, ctx: Context | None = None) -> torch.Tensor:
         return x
 
@@ -135,6 +139,7 @@ class DepthWeightedAverage(nn.Module):
         if impl not in self.IMPLS:
             raise ValueError(f"DepthWeightedAverage: impl {impl!r} is not one of {list(self.IMPLS)}")
         self.k, self.p, self.n_layers, self.impl = cfg.dwa_dilation, cfg.dwa_period, n_layers, impl
+        self.d_model = cfg.d_model
         self.layers = dwa_layers(n_layers, self.k, self.p)
         self.alphas = nn.ParameterDict()
         for i in self.layers:
@@ -149,6 +154,12 @@ class DepthWeightedAverage(nn.Module):
 
     def extra_repr(self) -> str:
         return f"k={self.k}, p={self.p}, dwa_after_blocks={self.layers}, impl={self.impl}"
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """The weighted averages: per token, sum over the DWA blocks i of |S(i)| d_model
+        multiply-adds (2 FLOPs each), |S(i)| = floor(i / k) + 1 averaged states."""
+        states = sum(len(dwa_sources(i, self.k)) for i in self.layers)
+        return 2.0 * states * self.d_model * seq_len
 
     def reset_identity(self) -> None:
         """Set every alpha back to one-hot on its own block output (the identity init)."""

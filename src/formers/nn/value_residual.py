@@ -65,6 +65,7 @@ class ValueResidual(nn.Module):
         if cfg.value_residual == "none":
             raise ValueError("ValueResidual needs ModelConfig.value_residual != 'none'")
         self.mode = cfg.value_residual
+        self.n_layers, self.value_width = n_layers, cfg.kv_heads * cfg.head_dim
         self.first, self.self_ = float(cfg.value_lambda_first), float(cfg.value_lambda_self)
         self.lambdas = nn.ParameterDict()
         if self.mode == "learned":
@@ -73,6 +74,14 @@ class ValueResidual(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}, lambda_first={self.first}, lambda_self={self.self_}"
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """The mixes V'_n = lambda_1 V_1 + lambda_2 V_n of layers 2..L: 2 multiply-adds per value
+        entry (4 FLOPs x n_kv_heads head_dim per token and layer); ``shared`` mixes nothing (its
+        saving, the missing W_V, shows in the mixers' projections)."""
+        if self.mode == "shared":
+            return 0.0
+        return 4.0 * self.value_width * seq_len * (self.n_layers - 1)
 
     @staticmethod
     def begin(ctx: Context) -> None:

@@ -242,6 +242,11 @@ class FlowAttention(FeatureAttention):
             raise ValueError(f"flowformer: eps must be a finite float > 0, got {eps!r}")
         self.eps = float(eps)
 
+    def kernel_flops(self, seq_len: int, causal: bool) -> float:
+        """The aggregation's matmuls, as linear attention's (F = head_dim; the flows, their
+        prefix sums and the competition are element-wise and not counted)."""
+        return super().kernel_flops(seq_len, causal)
+
     def forward(self, x: torch.Tensor, ctx: Context, cache=None) -> torch.Tensor:
         bsz, t, _ = x.shape
         acc = torch.promote_types(x.dtype, torch.float32)  # flows in fp32 at least

@@ -39,8 +39,14 @@ class NoMixer(nn.Module):
       gradient check both require every parameter to take part.
     """
 
+    static_cache = True  # never touches the cache
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """No matmuls: 0 (:mod:`formers.nn.flops`)."""
+        return 0.0
 
     def forward(self, x: torch.Tensor, ctx: Context, cache=None) -> torch.Tensor:
         return x * 0.0

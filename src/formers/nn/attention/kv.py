@@ -66,6 +66,7 @@ from formers.nn.attention.core import attend
 from formers.nn.attention.softmax import self_attention_keys
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
+from formers.nn.flops import attention_flops, children_flops, dense_pairs
 from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
@@ -132,6 +133,7 @@ class KVAttention(nn.Module):
     """
 
     supports_value_residual = True
+    static_cache = True  # keys through self_attention_keys (the static policy's mask as a bias)
 
     def __init__(self, cfg: ModelConfig, pos2d: bool = False, pos_channels: int = 10,
                  pos_per_head: bool = False, backend: str = "auto", own_values: bool = True) -> None:
@@ -161,6 +163,16 @@ class KVAttention(nn.Module):
             self.pos_bias = nn.Parameter(torch.zeros(n_maps))
 
     # ----------------------------------------------------------------- positional (kv-pos) parts
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """K, V, O projections, dense attention with q = k (n^2 pairs, or n (n + 1) / 2 causal
+        without ``square``) and, for ``kv-pos``, the two factors of the pair bias (2 n c per map)."""
+        t = seq_len
+        total = children_flops(self, t, causal, square)
+        total += attention_flops(dense_pairs(t, t, causal, square), self.n_heads, self.head_dim)
+        if self.pos2d:
+            total += 2.0 * t * self.pos_channels * self._pos_w().shape[0]  # row + column factors
+        return total
+
     def _pos_w(self) -> torch.Tensor:
         return self.pos_weight.view(-1, self.pos_channels)  # (n_maps, c)
 

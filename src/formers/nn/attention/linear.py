@@ -57,6 +57,7 @@ from torch import nn
 
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
+from formers.nn.flops import children_flops
 from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
@@ -185,6 +186,34 @@ class FeatureAttention(nn.Module):
         b, s, _ = t.shape
         t = t.view(b, s, n, self.head_dim).transpose(1, 2)
         return t.repeat_interleave(self.n_heads // n, dim=1) if n != self.n_heads else t
+
+    def feature_dim(self) -> int:
+        """F, the width of the feature map (head_dim unless a subclass maps to more features)."""
+        return self.head_dim
+
+    def feature_flops(self, seq_len: int) -> float:
+        """Matmul FLOPs of the feature map for one sequence (0 for element-wise maps)."""
+        return 0.0
+
+    def kernel_flops(self, seq_len: int, causal: bool) -> float:
+        """The matmuls of the default (``auto``) path per sequence, over n_heads heads, with
+        F = :meth:`feature_dim`, E = head_dim: bidirectional a (b^T v), 2 x 2 n F E; causal,
+        the chunked scan (c = min(chunk_size, n), n padded to a multiple of c): intra-chunk
+        (a b^T) v, 2 n c (F + E), plus the per-chunk states b^T v and a @ state, 2 x 2 n F E.
+        The normaliser (element-wise) is not counted."""
+        f, e, n = self.feature_dim(), self.head_dim, seq_len
+        if not causal:
+            per_head = 4.0 * n * f * e
+        else:
+            c = min(self.chunk_size, n)
+            npad = -(-n // c) * c
+            per_head = 2.0 * npad * c * (f + e) + 4.0 * npad * f * e
+        return per_head * self.n_heads
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """Projections + feature map + :meth:`kernel_flops`: linear in n (:mod:`formers.nn.flops`)."""
+        return (children_flops(self, seq_len, causal, square) + self.feature_flops(seq_len)
+                + self.kernel_flops(seq_len, causal))
 
     def features(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, ctx: Context):
         raise NotImplementedError

@@ -50,6 +50,7 @@ from formers.nn.attention.core import attend
 from formers.nn.attention.softmax import SoftmaxAttention
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
+from formers.nn.flops import attention_flops, children_flops
 from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
@@ -144,6 +145,13 @@ class LinformerAttention(SoftmaxAttention):
         self.k_proj, self.sharing, self.max_len = k, sharing, n
         self.proj = LinformerProjections(self.n_heads if sharing == "none" else 1, k, n,
                                          share_kv=sharing == "key-value")
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """Projections + E K and F V (2 x 2 x k n d_model) + scores against the k projected rows
+        (2 x 2 x n k d_model): linear in n (:mod:`formers.nn.flops`)."""
+        t, k, hd = seq_len, self.k_proj, self.head_dim
+        seq_proj = 2 * (2.0 * k * t * hd * self.n_heads)
+        return children_flops(self, t, causal, square) + seq_proj + attention_flops(t * k, self.n_heads, hd)
 
     def forward(self, x: torch.Tensor, ctx: Context, cache=None) -> torch.Tensor:
         b, t, _ = x.shape

@@ -27,6 +27,7 @@ from formers.nn.attention.softmax import SoftmaxAttention
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
 from formers.nn.ffn.memory import PAPER, MemoryLayer, SharedHash
+from formers.nn.flops import attention_flops
 from formers.registry import Capabilities, register
 
 
@@ -68,6 +69,16 @@ class MemoryAttention(SoftmaxAttention):
         for layer in (self.q, self.k, self.v):
             if layer is not None:
                 layer.shared = self._shared
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """Q, K, V memory layers sharing one hash (paid once, by Q), no W_O, and dense softmax
+        attention as :class:`SoftmaxAttention` counts it."""
+        total = self.q.forward_flops(seq_len, causal, square)
+        for layer in (self.k, self.v):
+            if layer is not None:
+                total += layer.forward_flops(seq_len, causal, square, hashing=False)
+        return total + attention_flops(self.score_pairs(seq_len, causal, square), self.n_heads,
+                                       self.head_dim)
 
     def forward(self, x: torch.Tensor, ctx: Context, cache=None) -> torch.Tensor:
         self._shared.pin(x, self.q)  # one hash of Norm(X) for Q, K and V

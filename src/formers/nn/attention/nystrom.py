@@ -61,6 +61,7 @@ from formers.nn.attention.core import attend
 from formers.nn.attention.softmax import SoftmaxAttention
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
+from formers.nn.flops import attention_flops, children_flops
 from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
@@ -196,6 +197,28 @@ class NystromAttention(SoftmaxAttention):
         if conv_kernel is not None:
             self.conv = nn.Conv2d(self.n_heads, self.n_heads, (conv_kernel, 1),
                                   padding=(conv_kernel // 2, 0), groups=self.n_heads, bias=False)
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """Projections; for n <= landmarks exact attention (n^2 pairs); else the landmark means
+        (2 x 2 m n d), kernel 3 times V (m n pairs), kernel 2 (2 m^2 d), the iterative
+        pseudo-inverse (4 m x m products per iteration: 8 m^3 per head; the ``exact`` SVD pinv is
+        counted the same), pinv times (K3 V) (2 m^2 d), kernel 1 times that (n m pairs), and the
+        depthwise convolution skip (2 conv_kernel n d). m = landmarks, d = d_model here."""
+        t, h, hd = seq_len, self.n_heads, self.head_dim
+        total = children_flops(self, t, causal, square, skip=("conv",))
+        if t <= self.n_landmarks:
+            total += attention_flops(float(t * t), h, hd)
+        else:
+            m = self.n_landmarks
+            total += 2 * (2.0 * m * t * hd * h)                       # segment means of q and k
+            total += attention_flops(float(m * t), h, hd)              # kernel 3 and its product with V
+            total += 2.0 * m * m * hd * h                              # kernel 2 scores
+            total += self.iterations * 4 * 2.0 * m ** 3 * h            # iterative pseudo-inverse
+            total += 2.0 * m * m * hd * h                              # pinv @ (K3 V)
+            total += attention_flops(float(t * m), h, hd)              # kernel 1 and its product
+        if self.conv is not None:
+            total += 2.0 * self.conv_kernel * t * hd * h
+        return total
 
     def approximate(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     key_mask: torch.Tensor | None, backend: str = "auto", ctx: Context | None = None

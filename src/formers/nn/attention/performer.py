@@ -65,12 +65,12 @@ def random_projection(m: int, d: int, seed: int, orthogonal: bool = True) -> tor
     """
     g = torch.Generator().manual_seed(int(seed) % (2 ** 63))
     if not orthogonal:
-        return torch.randn(m, d, generator=g, dtype=torch.float64)
-    gauss = torch.randn(-(-m // d), d, d, generator=g, dtype=torch.float64)
+        return torch.randn(m, d, generator=g, dtype=torch.float64, device="cpu")
+    gauss = torch.randn(-(-m // d), d, d, generator=g, dtype=torch.float64, device="cpu")
     qm, r = torch.linalg.qr(gauss)                                   # one QR per block
     qm = qm * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
     w = qm.transpose(-1, -2).reshape(-1, d)[:m]
-    norms = torch.randn(m, d, generator=g, dtype=torch.float64).norm(dim=1, keepdim=True)
+    norms = torch.randn(m, d, generator=g, dtype=torch.float64, device="cpu").norm(dim=1, keepdim=True)
     return w * norms
 
 
@@ -126,13 +126,15 @@ class PerformerAttention(FeatureAttention):
             raise ValueError(f"performer: redraw_interval must be an int >= 0 (0 = never), "
                              f"got {redraw_interval!r}")
         if seed is None:
-            seed = int(torch.randint(0, 2 ** 62, (1,)))
+            seed = int(torch.randint(0, 2 ** 62, (1,), device="cpu"))
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"performer: seed must be an int >= 0 or None, got {seed!r}")
         self.n_features, self.orthogonal, self.redraw_interval = n_features, orthogonal, redraw_interval
         self.register_buffer("seed", torch.tensor(seed, dtype=torch.int64))
         self.register_buffer("n_redraws", torch.tensor(0, dtype=torch.int64))
-        self.register_buffer("projection", self._draw(0).float())
+        # drawn from the int seed (not the buffer), so the module also builds on the meta device
+        self.register_buffer("projection", random_projection(
+            n_features, d, _mix_seed(seed, 0), orthogonal).float())
         self._calls = 0
 
     def _draw(self, count: int) -> torch.Tensor:
@@ -167,6 +169,13 @@ class PerformerAttention(FeatureAttention):
 
     def divide(self, num, den):
         return num / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None]
+
+    def feature_dim(self) -> int:
+        return self.n_features
+
+    def feature_flops(self, seq_len: int) -> float:
+        """q W^T and k W^T: 2 x 2 n m head_dim per head."""
+        return 4.0 * seq_len * self.n_features * self.head_dim * self.n_heads
 
     def extra_repr(self) -> str:
         return (f"n_features={self.n_features}, orthogonal={self.orthogonal}, "

@@ -46,6 +46,7 @@ from torch import nn
 
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
+from formers.nn.flops import attention_flops, children_flops
 from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
@@ -239,6 +240,17 @@ class ReformerAttention(nn.Module):
                                                           generator=g))
         else:
             self.rotations = None
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """Projections; hashing (2 n d_h n_hashes n_buckets / 2 per head); per hash round every
+        query scores 2 c keys (its chunk and the previous one, c = min(chunk, n)), masked keys
+        included: the paper's count. The kernel's real work depends on the bucket sizes and is at
+        least this (chunks shrink to the largest bucket; a bucket that does not fill its last chunk
+        leaves padded slots, which are not counted)."""
+        t, h, hd = seq_len, self.n_heads, self.head_dim
+        hashing = 2.0 * t * hd * self.n_hashes * (self.n_buckets // 2) * h
+        pairs = self.n_hashes * t * 2.0 * min(self.chunk, t)
+        return children_flops(self, t, causal, square) + hashing + attention_flops(pairs, h, hd)
 
     def buckets(self, qk: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """(batch, heads, rounds, T) buckets; padded keys in bucket ``n_buckets``."""

@@ -63,6 +63,7 @@ from formers.nn.attention.core import attend
 from formers.nn.attention.softmax import SoftmaxAttention
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
+from formers.nn.flops import attention_flops, children_flops, module_flops
 from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
@@ -228,6 +229,21 @@ class SinkhornAttention(SoftmaxAttention):
         self.block, self.n_iters, self.temperature = block, n_iters, float(temperature)
         self.gumbel, self.sortcut, self.max_len = gumbel, sortcut, cfg.max_seq_len
         self.sortnet = SortNet(cfg.d_model, -(-cfg.max_seq_len // block))
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """Projections on n tokens; the sorting network on the N_B = ceil(n / b) pooled blocks;
+        the soft sort of key and value blocks (2 x 2 N_B^2 b d_model; with padding also of the
+        validity mask, 2 N_B^2 b); block attention over
+        2 b keys per query (SortCut: min(n, N_B) b keys), with n padded to N_B b."""
+        t, h, hd, bs = seq_len, self.n_heads, self.head_dim, self.block
+        nb = -(-t // bs)
+        total = children_flops(self, t, causal, square, skip=("sortnet",))
+        total += module_flops(self.sortnet, nb, causal, square)
+        total += 2 * (2.0 * nb * nb * bs * hd * h)
+        if t % bs:  # padding: the validity of the sorted blocks is soft-sorted too
+            total += 2.0 * nb * nb * bs
+        keys = 2 * bs if self.sortcut is None else min(self.sortcut, nb) * bs
+        return total + attention_flops(float(nb * bs * keys), h, hd)
 
     def sort_matrix(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """S (batch, N_B, N_B) from the layer input x (batch, T_pad, d_model) and valid (batch, T_pad)."""

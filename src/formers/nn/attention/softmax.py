@@ -8,6 +8,7 @@ from torch import nn
 from formers.nn.attention.core import attend
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
+from formers.nn.flops import attention_flops, children_flops, dense_pairs
 from formers.registry import Capabilities, Paper, register
 
 
@@ -82,6 +83,20 @@ class SoftmaxAttention(nn.Module):
     def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
         b, s, _ = t.shape
         return t.view(b, s, n, self.head_dim).transpose(1, 2)
+
+    def score_pairs(self, seq_len: int, causal: bool, square: bool) -> float:
+        """(query, key) pairs per head whose scores this mixer computes (see
+        :mod:`formers.nn.flops`): dense n x n (causal and not ``square``: n (n + 1) / 2); a
+        cross-attention layer attends to ``seq_len`` memory positions, never causally. Pattern
+        mixers override this hook only."""
+        return dense_pairs(seq_len, seq_len, causal and not self.cross, square)
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """Forward FLOPs of one sequence (:mod:`formers.nn.flops`): the q, k, v, o projections on
+        every token plus 2 x 2 x pairs x n_heads x head_dim for Q K^T and P V."""
+        pairs = self.score_pairs(seq_len, causal, square)
+        return children_flops(self, seq_len, causal, square) + attention_flops(
+            pairs, self.n_heads, self.head_dim)
 
     def self_qkv(self, x: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Uncached self-attention q, k, v, each (batch, n_heads, seq_len, head_dim): RoPE applied

@@ -50,6 +50,7 @@ import torch
 from formers.nn.attention.softmax import SoftmaxAttention
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
+from formers.nn.flops import pattern_pairs
 from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
@@ -231,6 +232,12 @@ class PatternAttention(SoftmaxAttention):
                 cache.clear()
             cache[(causal, length)] = self.make_pattern(causal, length)
         return cache[(causal, length)]
+
+    def score_pairs(self, seq_len: int, causal: bool, square: bool) -> float:
+        """The (query, key) pairs the pattern allows over ``seq_len`` positions (key <= query when
+        causal), whatever ``square``: a block-sparse kernel computes only these (FlexAttention
+        rounds them up to its 128 x 128 blocks; that padding is not counted)."""
+        return pattern_pairs(self.pattern(causal, seq_len), seq_len, causal)
 
     def attention_pattern(self, ctx: Context, k_len: int):
         pattern = self.pattern(ctx.causal, k_len)

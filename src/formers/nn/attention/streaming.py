@@ -48,6 +48,7 @@ import torch
 from formers.nn.attention.softmax import SoftmaxAttention
 from formers.nn.config import LayerSpec, ModelConfig
 from formers.nn.context import Context
+from formers.nn.flops import pattern_pairs
 from formers.registry import Capabilities, Paper, register
 
 STREAMING_LLM = Paper("Efficient Streaming Language Models with Attention Sinks", "2309.17453",
@@ -122,6 +123,10 @@ class StreamingAttention(SoftmaxAttention):
 
     def extra_repr(self) -> str:
         return f"sinks={self.sinks}, window={self.window}"
+
+    def score_pairs(self, seq_len: int, causal: bool, square: bool) -> float:
+        """Sink + window pairs (always causal): about n (sinks + window) for n >> window."""
+        return pattern_pairs(self.pattern, seq_len, True)
 
     def attention_pattern(self, ctx: Context, k_len: int):
         if not ctx.causal:

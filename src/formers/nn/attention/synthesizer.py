@@ -39,6 +39,7 @@ from formers.nn.attention.core import attend
 from formers.nn.attention.softmax import self_attention_keys
 from formers.nn.config import ModelConfig
 from formers.nn.context import Context
+from formers.nn.flops import attention_flops, children_flops, dense_pairs
 from formers.nn.presets import preset, with_attention
 from formers.registry import Capabilities, Paper, register
 
@@ -72,6 +73,7 @@ class _Synthesizer(nn.Module):
     """Shared plumbing: values, output projection, cache, masks; subclasses give the logits."""
 
     supports_value_residual = False
+    static_cache = True  # keys through self_attention_keys (the static policy's mask as a bias)
     name = "synthesizer"
 
     def __init__(self, cfg: ModelConfig, cross: bool, backend: str, own_values: bool) -> None:
@@ -85,6 +87,17 @@ class _Synthesizer(nn.Module):
         self.max_len, self.backend, self.dropout = cfg.max_seq_len, backend, cfg.dropout
         self.v = nn.Linear(cfg.d_model, self.n_kv_heads * cfg.head_dim, bias=cfg.bias)
         self.o = nn.Linear(self.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """V, O (and the dense synthesizer's F) projections on every token, the random
+        synthesizer's factorised table R1 R2^T (2 n^2 rank per head), and the attention call: it
+        runs SDPA with zero queries and keys of head_dim, so Q K^T is computed (and counted)
+        beside P V: 2 x 2 x pairs x n_heads x head_dim, pairs as for dense attention."""
+        t, h = seq_len, self.n_heads
+        total = children_flops(self, t, causal, square)
+        if getattr(self, "rank", None) is not None:
+            total += 2.0 * t * t * self.rank * h
+        return total + attention_flops(dense_pairs(t, t, causal, square), h, self.head_dim)
 
     def logits(self, x: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """(batch or 1, heads, q_len, k_len) synthetic logits of the queries at ``q_pos``."""

@@ -159,6 +159,12 @@ class MatFormerFFN(nn.Module):
             n += (mats - 1) * m + self.d_model
         return n
 
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """The current granularity's slice: (2 or 3 for SwiGLU) x 2 d_model m_i n; MatFormer's
+        speed should scale with m_i (:mod:`formers.nn.flops`)."""
+        mats = 3 if self.activation == "swiglu" else 2
+        return 2.0 * mats * self.d_model * self.width() * seq_len
+
     def forward(self, x: torch.Tensor, granularity: int | None = None) -> torch.Tensor:
         """x: (batch, seq_len, d_model). ``granularity`` overrides the layer's attribute for this call."""
         m = self.width(granularity)

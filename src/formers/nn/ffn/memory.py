@@ -151,6 +151,12 @@ class MemoryLayer(nn.Module):
     def n_params(self) -> int:
         return self.tables.numel() + (self.out_features if self.bias is not None else 0)
 
+    def forward_flops(self, seq_len: int, causal: bool, square: bool, hashing: bool = True) -> float:
+        """2 x :func:`memory_layer_flops` per sequence (the paper's operations, a multiply-add
+        counted 2 as everywhere in :mod:`formers.nn.flops`): the hash (d_in) and K weighted table
+        rows (K d_out) per token; ``hashing=False`` for a layer that reuses a shared hash."""
+        return 2.0 * memory_layer_flops(self.in_features, self.out_features, self.tau, seq_len, hashing)
+
     def hash(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (..., in_features) -> (codes (..., K) int64, weights p (..., K), float32 or wider)."""
         if x.shape[-1] != self.in_features:
@@ -230,6 +236,11 @@ class MemoryFFN(nn.Module):
         self.ml1 = MemoryLayer(cfg.d_model, hidden, tau, cfg.bias, score, temperature)
         self.norm = build_norm(cfg.norm, hidden, cfg.norm_eps, cfg.bias)
         self.ml2 = MemoryLayer(hidden, cfg.d_model, tau + extra_bits, cfg.bias, score, temperature)
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """ML_1 and ML_2 (each hashing its own input), see :meth:`MemoryLayer.forward_flops`."""
+        return (self.ml1.forward_flops(seq_len, causal, square)
+                + self.ml2.forward_flops(seq_len, causal, square))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ml2(self.norm(self.ml1(x)))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from formers.nn.config import ModelConfig
+from formers.nn.flops import children_flops
 from formers.registry import Paper, register
 
 
@@ -29,6 +30,10 @@ class MLP(nn.Module):
             raise ValueError(f"mlp: d_ff must be > 0, got {hidden}")
         self.up = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
         self.down = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """Its linears (dense or low-rank LED units) on every token: 2 x 2 d_model d_ff n dense."""
+        return children_flops(self, seq_len, causal, square)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.gelu(self.up(x), approximate="tanh"))
@@ -56,6 +61,10 @@ class SwiGLU(nn.Module):
         self.gate = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
         self.up = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
         self.down = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """Its linears (dense or low-rank LED units) on every token: 3 x 2 d_model d_ff n dense."""
+        return children_flops(self, seq_len, causal, square)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))

@@ -221,6 +221,24 @@ class MoE(nn.Module):
             return n
         return min(n, max(1, math.ceil(self.top_k * n * cf / e)))
 
+    def routed_tokens(self, seq_len: int) -> float:
+        """Expert evaluations (token, expert) per sequence of ``seq_len`` tokens (group
+        ``sequence``): top-k k n (with a capacity at most E C); expert choice E c."""
+        n, e = seq_len, self.n_experts
+        if self.routing == "expert_choice":
+            return float(e * self.capacity(n))
+        slots = self.top_k * n
+        return float(slots if self.capacity_factor is None else min(slots, e * self.capacity(n)))
+
+    def forward_flops(self, seq_len: int, causal: bool, square: bool) -> float:
+        """The router (2 n d_model E) and the **active** experts only: :meth:`routed_tokens` x
+        2 x (d_model up + d_ff d_model), up = d_ff (2 d_ff gated). The dropless top-k path pads
+        every expert's buffer to the busiest expert's load; that padding is not counted."""
+        d = self.router.in_features
+        up = self.up.weight.shape[-1]
+        per_eval = 2.0 * (d * up + self.d_ff * d)
+        return 2.0 * seq_len * d * self.n_experts + self.routed_tokens(seq_len) * per_eval
+
     def param_counts(self, d_model: int) -> dict[str, float]:
         """:func:`moe_param_counts` for this layer's settings."""
         return moe_param_counts(d_model, self.d_ff, self.n_experts, self.routing, self.top_k,
