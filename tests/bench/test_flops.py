@@ -15,7 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import formers.nn  # noqa: F401  (registers the parts)
 from formers import registry
 from formers.bench.flops import (
-    NOT_DECLARED, forward_flops, nanogpt_flops_per_token, train_flops_per_token,
+    NOT_DECLARED, flop_summary, forward_flops, nanogpt_flops_per_token, nanogpt_params,
+    train_flops_per_token,
 )
 from formers.nn import ModelConfig, build_model, count_params
 from formers.nn.attention.sparse import pattern_matrix
@@ -239,7 +240,7 @@ def test_gpt2_small_against_the_nanogpt_formula():
     with torch.device("meta"):
         m = build_model(cfg)
     n_params = count_params(m) - m.embed.position.table.weight.numel()   # nanoGPT: minus wpe
-    assert 123e6 < n_params < 125e6
+    assert nanogpt_params(m) == n_params and 123e6 < n_params < 125e6
     nano = nanogpt_flops_per_token(n_params, 12, 768, 1024)
     assert nano == 6 * n_params + 12 * 12 * 768 * 1024
     assert 0.84e9 < nano < 0.86e9                                        # ~0.85 GFLOP / token
@@ -248,6 +249,10 @@ def test_gpt2_small_against_the_nanogpt_formula():
     matmuls = 12 * (4 * 768 * 768 + 2 * 768 * 3072) + 768 * 50304
     assert ours == 3 * (2 * matmuls + 4 * 12 * 768 * 1024)
     assert abs(ours - nano) / nano < 0.002
+    summary = flop_summary(cfg, 1024)
+    assert summary["train_flops_per_token"] == ours and summary["nanogpt_flops_per_token"] == nano
+    # causal pairs: the attention term shrinks from T^2 to T (T + 1) / 2
+    assert ours - summary["train_flops_per_token_causal"] == 3 * 4 * 12 * 768 * (1024 - 1025 / 2)
 
 
 def test_meta_build_allocates_nothing():

@@ -1,32 +1,54 @@
 """Analytic FLOP counts of formers models, summed from what each part declares (for honest MFU).
 
+Public API: :func:`forward_flops` (one sequence through a built model), :func:`train_flops_per_token`
+(3 x forward per token, built on the meta device), :func:`nanogpt_flops_per_token` (the issue's
+``6 N + 12 L d T`` baseline formula), :func:`nanogpt_params` (its N) and :func:`flop_summary`
+(every figure of one config, for result files).
+
 Conventions (the same for every part):
 
-* **Matmul FLOPs only**, 2 FLOPs per multiply-add (the PaLM / nanoGPT convention; memoryformer's
-  Table 1 counts 1 per multiply-add and is converted where compared). Norms, activations, softmax
-  exponentials, masking, embedding lookups and residual additions are not counted; they are
-  memory-bound and a few percent of the total.
+* **Matmul FLOPs only**, 2 FLOPs per multiply-add (PaLM appendix B / nanoGPT's ``estimate_mfu``;
+  MemoryFormer's Table 1 counts 1 per multiply-add, see ``benchmarks/memoryformer_flops.py``).
+  Norms, activations, softmax exponentials, masking, biases, embedding lookups and residual
+  additions are not counted (memory-bound, a few percent of the time). Stated exceptions, element-
+  wise work that is the point of a paper: DenseFormer's depth-weighted averages (|S(i)| d
+  multiply-adds per token after block i), the value-residual mix (2 multiply-adds per value entry
+  and layer), MemoryFormer's hash and table reads (the paper's d_in + K d_out per token).
 * **Per sequence** of ``seq_len`` tokens, batch 1; a batch of B costs B times as much. An
   encoder-decoder counts ``seq_len`` source and ``seq_len`` target tokens.
-* **Attention scores and the weighted sum** (Q K^T and P V): 2 x 2 x n_q x n_k x head_dim x heads
-  for dense attention. ``causal=None`` (default) or ``False`` counts the **full square** for
-  dense attention, whatever the mask: this is the convention of the issue's
-  ``6 N + 12 L d T`` formula (PaLM appendix B, nanoGPT's ``estimate_mfu``) and what
-  ``torch.utils.flop_counter`` reports for SDPA. ``causal=True`` counts only the pairs a causal
-  kernel computes: n (n + 1) / 2 for dense attention (flash attention skips the masked blocks,
-  about half the square). Patterned mixers (local, strided, block-sparse, BigBird, Longformer)
-  count the (query, key) pairs their pattern allows (with ``causal=True``: only pairs with
-  key <= query), never the dense square.
+* **Dense attention** (softmax, GQA/MQA, KV, synthesizer, low-rank, MemoryFormer, cross): Q K^T
+  and P V cost 2 x 2 x pairs x heads x head_dim. ``causal=None`` (default) counts the **full
+  square** n^2 pairs in every layer, causal or not: the convention of the issue's
+  ``12 L d T`` term and what ``torch.utils.flop_counter`` reports for SDPA. ``causal=True`` counts
+  the n (n + 1) / 2 pairs a causal kernel computes (flash attention skips the masked blocks);
+  about 7% less for GPT-2 small at T = 1024. ``causal=False`` counts every layer in its
+  bidirectional form.
+* **Sparse patterns** (local, Longformer, BigBird, strided, fixed, block-sparse, streaming) count
+  the (query, key) pairs their pattern allows (key <= query in causal layers), under either
+  convention: that is the work of a block-sparse kernel (FlexAttention rounds up to 128 x 128
+  blocks; the padding is not counted). **Low-rank** Linformer: E K and F V (2 x 2 k n d) plus n k
+  pairs. **Linear / kernelised** (linear, Performer, Flowformer): the default path's matmuls,
+  bidirectional 2 x 2 n F E per head, causal the chunked scan 2 n c (F + E) + 2 x 2 n F E (c the
+  chunk; F the feature width: head_dim, or Performer's m plus its 2 x 2 n m head_dim feature map).
+  **Nystromformer**: landmark means, three kernels, 8 m^3 per pseudo-inverse iteration, the
+  convolution skip. **Sinkhorn**: sort network on the blocks, soft sort of key/value blocks, 2 b
+  keys per query. **Reformer**: hashing plus 2 c keys per query and round (the paper's count; the
+  kernel pads buckets to chunks, which is not counted).
+* **MoE**: the router plus the **active** experts only (top-k: k per token; expert choice: E c
+  per sequence). The dropless top-k path pads every expert to the busiest one's load; torch's
+  counter sees that padding, the analytic count does not. **MatFormer**: the current granularity.
 * **Training** = 3 x forward (backward = 2 x forward: the gradients of the inputs and of the
   weights), per token: :func:`train_flops_per_token`.
 
-How parts declare. A module that defines ``forward_flops(self, seq_len: int, causal: bool) ->
-float`` declares the forward FLOPs of one sequence through itself **and all its submodules**;
-:func:`forward_flops` sums the declarations over the model, not descending into a module that
-declared. A plain ``torch.nn.Linear`` outside any declaring module (the LM head) counts
-2 x in x out per token. Every registered ``attention``, ``ffn`` and ``residual`` entry declares,
-or is listed in :data:`NOT_DECLARED` with the reason (``tests/bench/test_flops.py`` walks the
-registry and fails otherwise).
+How parts declare (:mod:`formers.nn.flops`). A module defining ``forward_flops(self, seq_len,
+causal, square) -> float`` declares the forward FLOPs of one sequence through itself **and all its
+submodules**; the sum does not descend into a module that declared. A plain ``torch.nn.Linear``
+outside any declaring module (the LM head, tied or not) counts 2 x in x out per token; other
+undeclared modules count 0. Every registered ``attention``, ``ffn`` and ``residual`` entry
+declares, or is listed in :data:`NOT_DECLARED` with the reason (``tests/bench/test_flops.py`` walks
+the registry, and also fails when a class overrides ``forward`` but inherits its count). The
+counts equal ``FlopCounterMode`` on the reference paths (tested part by part and for whole
+models); where they differ the test states why.
 """
 
 from __future__ import annotations
@@ -36,7 +58,8 @@ from torch import nn
 
 from formers.nn.flops import module_flops
 
-# registry (kind, name) -> why the entry declares no FLOP count (see the module docstring)
+# registry (kind, name) -> why the entry declares no FLOP count (empty: every attention, ffn and
+# residual entry declares one; an entry added here needs a reason, and the test checks it is there)
 NOT_DECLARED: dict[tuple[str, str], str] = {}
 
 
@@ -89,3 +112,34 @@ def nanogpt_flops_per_token(n_params: int, n_layers: int, d_model: int, seq_len:
     about 0.85 GFLOP per token.
     """
     return 6.0 * n_params + 12.0 * n_layers * d_model * seq_len
+
+
+def nanogpt_params(model: nn.Module) -> int:
+    """N of :func:`nanogpt_flops_per_token`: the distinct parameters of ``model`` (tied weights once)
+    minus the learned position table(s) (nanoGPT's ``get_num_params(non_embedding=True)``)."""
+    from formers.nn.position import LearnedPosition
+
+    pos = sum(p.numel() for m in model.modules() if isinstance(m, LearnedPosition)
+              for p in m.parameters())
+    return sum(p.numel() for p in model.parameters()) - pos
+
+
+def flop_summary(cfg, seq_len: int) -> dict[str, float]:
+    """Every FLOP figure of ``cfg`` (a :class:`formers.nn.ModelConfig`) at ``seq_len``, for result
+    files: ``train_flops_per_token`` (full square, the default), ``train_flops_per_token_causal``
+    (causal pairs), ``nanogpt_flops_per_token`` (6 N + 12 L d T), ``nanogpt_params`` (N) and
+    ``params``. Built on the meta device."""
+    from formers.nn import build_model
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    n_params = nanogpt_params(model)
+    full = forward_flops(model, seq_len)
+    causal = forward_flops(model, seq_len, causal=True)
+    return {
+        "train_flops_per_token": 3.0 * full / seq_len,
+        "train_flops_per_token_causal": 3.0 * causal / seq_len,
+        "nanogpt_flops_per_token": nanogpt_flops_per_token(n_params, cfg.n_layers, cfg.d_model, seq_len),
+        "nanogpt_params": float(n_params),
+        "params": float(sum(p.numel() for p in model.parameters())),
+    }
