@@ -1,9 +1,20 @@
-"""One generation path: KV-cached decoding with greedy, temperature, top-k and top-p sampling."""
+"""One generation path: KV-cached decoding with greedy, temperature, top-k and top-p sampling.
+
+The loop keeps its state in preallocated tensors (:class:`DecodeState`: the output ids, the column
+of the last token, which rows have stopped) and every step updates them in place, so a step has
+no host synchronisation and, with the ``static`` cache policy (fixed key/value buffers written at
+a position tensor, :class:`formers.nn.cache.StaticCache`), the same shapes and graph inputs at
+every position: ``generate(..., static_cache=True, compile=True)`` compiles one decoding step with
+``torch.compile`` (``mode="reduce-overhead"``, i.e. CUDA graphs, on CUDA) and replays it per token
+without recompiling. Stop tokens are checked on the host every ``check_every`` steps only; the
+output is cut where the last row stopped, so it equals a check after every step.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -62,16 +73,129 @@ def next_token(logits: torch.Tensor, s: SamplingConfig, generator: torch.Generat
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+class DecodeState:
+    """The loop's tensors, updated in place by every step (so their addresses stay fixed).
+
+    out: (batch, length) int64 ids (prompt, then generated tokens); col: 0-dim int64, the column of
+    the last written token; done: (batch,) bool rows that emitted a stop token; first_all: 0-dim
+    int64, the column at which every row had stopped (-1 before); stop: (n_stop,) int64 or None.
+    """
+
+    def __init__(self, batch: int, length: int, device: torch.device, stop_tokens: list[int]) -> None:
+        self.out = torch.zeros(batch, length, dtype=torch.long, device=device)
+        self.col = torch.zeros((), dtype=torch.long, device=device)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.first_all = torch.full((), -1, dtype=torch.long, device=device)
+        self.stop = torch.tensor(stop_tokens, dtype=torch.long, device=device) if stop_tokens else None
+
+    def start(self, ids: torch.Tensor) -> None:
+        """Reset for a new prompt ``ids`` (batch, prompt_len)."""
+        self.out[:, :ids.shape[1]].copy_(ids)
+        self.col.fill_(ids.shape[1] - 1)
+        self.done.zero_()
+        self.first_all.fill_(-1)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.out, self.col, self.done, self.first_all, self.stop) if t is not None]
+
+
+def _emit(st: DecodeState, logits: torch.Tensor, s: SamplingConfig, generator: torch.Generator | None) -> None:
+    """Choose the next token from (batch, vocab) logits and write it after column ``st.col``;
+    rows that already stopped repeat their last token."""
+    tok = next_token(logits, s, generator)
+    if st.stop is not None:
+        prev = st.out.index_select(1, st.col)[:, 0]
+        tok = torch.where(st.done, prev, tok)
+        st.done.logical_or_(torch.isin(tok, st.stop))
+        st.first_all.copy_(torch.where((st.first_all < 0) & st.done.all(), st.col + 1, st.first_all))
+    st.col.add_(1)
+    st.out.index_copy_(1, st.col.view(1), tok[:, None])
+
+
+def _decode_step(model: torch.nn.Module, cache: Any, st: DecodeState, s: SamplingConfig,
+                 generator: torch.Generator | None, memory: torch.Tensor | None) -> None:
+    """One cached step: feed the last token (batch, 1), emit the next. Static shapes when ``cache``
+    is static: this is the function ``compile=True`` compiles."""
+    tok = st.out.index_select(1, st.col.view(1))
+    if memory is not None:
+        logits = model.decode(tok, memory, cache=cache)[:, -1]
+    else:
+        logits = model(tok, cache=cache)[:, -1]
+    _emit(st, logits, s, generator)
+
+
+_COMPILED: dict[tuple, Any] = {}
+# the static buffers hold prompt + new tokens rounded up to this (at most max_seq_len), so that
+# nearby lengths share one compiled graph
+STATIC_ROUND = 256
+
+
+def _compiled_step(options: dict[str, Any]):
+    key = tuple(sorted(options.items()))
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(_decode_step, **options)
+    return _COMPILED[key]
+
+
+def _compile_options(compile: bool | dict, device: torch.device) -> dict[str, Any]:
+    if isinstance(compile, dict):
+        return {"dynamic": False, **compile}
+    return {"dynamic": False, **({"mode": "reduce-overhead"} if device.type == "cuda" else {})}
+
+
+class _StaticSession:
+    """A static cache and loop state kept on the model between calls (``model._formers_static``),
+    so repeated generations of one shape reuse the same buffers: compiled graphs (and CUDA graphs)
+    are replayed, not re-recorded. Only the latest shape is kept."""
+
+    def __init__(self, model: torch.nn.Module, batch: int, max_len: int, device: torch.device,
+                 stop: list[int]) -> None:
+        self.key = (batch, max_len, str(device), tuple(stop))
+        self.cache = model.new_cache(static=True, max_len=max_len)
+        self.state = DecodeState(batch, max_len, device, stop)
+        mark = getattr(torch._dynamo, "mark_static_address", None)
+        if mark is not None:
+            for t in self.state.tensors():
+                mark(t)
+
+
+def _static_session(model: torch.nn.Module, batch: int, max_len: int, device: torch.device,
+                    stop: list[int]) -> _StaticSession:
+    key = (batch, max_len, str(device), tuple(stop))
+    sess = model.__dict__.get("_formers_static")
+    if sess is None or sess.key != key:
+        model.__dict__["_formers_static"] = None  # free the old buffers first
+        sess = model.__dict__["_formers_static"] = _StaticSession(model, batch, max_len, device, stop)
+    return sess
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, ids: torch.Tensor, sampling: SamplingConfig | None = None,
              *, src: torch.Tensor | None = None, generator: torch.Generator | None = None,
-             use_cache: bool = True) -> torch.Tensor:
+             use_cache: bool = True, static_cache: bool = False, compile: bool | dict = False,
+             check_every: int = 16) -> torch.Tensor:
     """Continue ``ids`` (batch, prompt_len) by up to ``max_new_tokens`` tokens.
 
     For an encoder-decoder model pass ``src`` (batch, src_len); ``ids`` is then the decoder prompt
     (e.g. a start token). Rows that emit a stop token keep emitting it; decoding ends when every
-    row has stopped. Returns (batch, prompt_len + n_new) int64.
-    Raises ValueError for an empty prompt or a total length beyond the model's max_seq_len.
+    row has stopped (checked on the host every ``check_every`` steps; the output is cut at the
+    step where the last row stopped, so it is the same as checking every step).
+
+    Args:
+        use_cache: decode with the model's KV cache (False recomputes the whole prefix per token).
+        static_cache: use the ``static`` cache policy in every layer (fixed key/value buffers of
+            prompt + new tokens rounded up to ``STATIC_ROUND``, at most max_seq_len; kept on the
+            model and reused by the next call of the same shape). Needs a key/value mixer in every
+            layer with policy ``full``/``auto`` (:func:`formers.nn.models.make_cache`).
+        compile: compile the per-token step with ``torch.compile`` (needs ``static_cache``): True
+            = ``mode="reduce-overhead"`` (CUDA graphs) on CUDA and the default mode elsewhere,
+            always ``dynamic=False``; a dict is passed to ``torch.compile`` (e.g.
+            ``{"backend": "aot_eager"}``). The prefill runs eagerly. A ``generator`` makes
+            sampling a graph break (greedy has none).
+    Returns (batch, prompt_len + n_new) int64.
+    Raises ValueError for an empty prompt, a total length beyond the model's max_seq_len, stop
+    tokens outside the vocabulary, ``compile`` without ``static_cache``, ``static_cache`` without
+    ``use_cache``, or a model whose layers cannot use the static cache.
     """
     s = sampling or SamplingConfig()
     if ids.dim() != 2 or ids.shape[1] == 0:
@@ -83,29 +207,57 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, sampling: SamplingConfig
     if ids.shape[1] + s.max_new_tokens > max_len:
         raise ValueError(f"prompt_len {ids.shape[1]} + max_new_tokens {s.max_new_tokens} exceeds "
                          f"max_seq_len = {max_len}")
+    if isinstance(compile, bool):
+        compiled = compile
+    elif isinstance(compile, dict):
+        compiled = True
+    else:
+        raise ValueError(f"generate: compile must be a bool or a dict of torch.compile options, got {compile!r}")
+    if compiled and not static_cache:
+        raise ValueError("generate: compile=True needs static_cache=True (the full cache grows its "
+                         "tensors every step, so every token would be a new graph)")
+    if static_cache and not use_cache:
+        raise ValueError("generate: static_cache=True needs use_cache=True")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"generate: check_every must be an int >= 1, got {check_every!r}")
+    batch, prompt_len, n_new = ids.shape[0], ids.shape[1], s.max_new_tokens
+    if n_new == 0:
+        return ids
     was_training = model.training
     model.eval()
     seq2seq = src is not None
     memory = model.encode(src) if seq2seq else None
 
-    def step(tokens: torch.Tensor, cache) -> torch.Tensor:
-        if seq2seq:
-            return model.decode(tokens, memory, cache=cache)[:, -1]
-        return model(tokens, cache=cache)[:, -1]
+    if static_cache:
+        length = min(max_len, -(-(prompt_len + n_new) // STATIC_ROUND) * STATIC_ROUND)
+        sess = _static_session(model, batch, length, ids.device, list(s.stop_tokens))
+        cache, st = sess.cache, sess.state
+        cache.reset()
+    else:
+        cache = model.new_cache() if use_cache else None
+        st = DecodeState(batch, prompt_len + n_new, ids.device, list(s.stop_tokens))
+    st.start(ids)
+    step = _compiled_step(_compile_options(compile, ids.device)) if compiled else _decode_step
 
-    cache = model.new_cache() if use_cache else None
-    out = ids
-    logits = step(ids, cache)
-    stop = torch.tensor(s.stop_tokens, device=ids.device, dtype=torch.long)
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    for _ in range(s.max_new_tokens):
-        tok = next_token(logits, s, generator)
-        if len(s.stop_tokens):
-            tok = torch.where(done, out[:, -1], tok)
-            done = done | torch.isin(tok, stop)
-        out = torch.cat([out, tok[:, None]], dim=1)
-        if bool(done.all()) or out.shape[1] - ids.shape[1] == s.max_new_tokens:
+    def logits_of(tokens: torch.Tensor, c) -> torch.Tensor:
+        if seq2seq:
+            return model.decode(tokens, memory, cache=c)[:, -1]
+        return model(tokens, cache=c)[:, -1]
+
+    _emit(st, logits_of(ids, cache), s, generator)  # prefill and the first new token
+    made = 1
+    while made < n_new:
+        if st.stop is not None and made % check_every == 0 and bool(st.done.all()):
             break
-        logits = step(tok[:, None] if use_cache else out, cache)
+        if cache is None:  # no cache: the whole prefix again
+            _emit(st, logits_of(st.out[:, :prompt_len + made], None), s, generator)
+        else:
+            step(model, cache, st, s, generator, memory)
+        made += 1
+    end = prompt_len + made
+    if st.stop is not None:
+        first = int(st.first_all)
+        if first >= 0:
+            end = min(end, first + 1)
     model.train(was_training)
-    return out
+    return st.out[:, :end].clone()

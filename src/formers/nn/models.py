@@ -44,11 +44,14 @@ class _Embedder(nn.Module):
         self.position = build_position(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, ids: torch.Tensor, offset: int, ctx_capture: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ids: torch.Tensor, offset: int | torch.Tensor,
+                ctx_capture: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``offset``: the position of ids[:, 0], an int or (static cache) a 0-dim int64 tensor,
+        whose range the cache's fixed buffers bound instead of this check."""
         if ids.dim() != 2:
             raise ValueError(f"token ids must be (batch, seq_len), got shape {tuple(ids.shape)}")
         t = ids.shape[1]
-        if offset + t > self.cfg.max_seq_len:
+        if isinstance(offset, int) and offset + t > self.cfg.max_seq_len:
             raise ValueError(
                 f"sequence of {offset + t} tokens is longer than max_seq_len = {self.cfg.max_seq_len}"
             )
@@ -59,7 +62,8 @@ class _Embedder(nn.Module):
                 f"token ids must lie in [0, {self.cfg.vocab_size}), got range "
                 f"[{int(ids.min())}, {int(ids.max())}]"
             )
-        positions = torch.arange(offset, offset + t, device=ids.device)
+        positions = (torch.arange(t, device=ids.device) + offset if isinstance(offset, torch.Tensor)
+                     else torch.arange(offset, offset + t, device=ids.device))
         x = self.tok(ids)
         pe = self.position.embed(positions)
         if ctx_capture is not None:
@@ -94,36 +98,66 @@ class TransformerLM(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.embed.tok.weight
 
-    def new_cache(self) -> KVCache:
-        """An empty cache with each layer's policy; errors if a layer's mixer cannot be cached."""
+    def new_cache(self, static: bool = False, max_len: int | None = None) -> KVCache:
+        """An empty cache with each layer's policy; errors if a layer's mixer cannot be cached.
+        ``static``: every layer gets the ``static`` policy with buffers of ``max_len`` positions
+        (default max_seq_len), see :func:`make_cache`."""
         if self.cfg.arch != "decoder":
             raise ValueError("only decoder models decode incrementally with a cache")
-        return make_cache(self.cfg, self.cfg.n_layers)
+        return make_cache(self.cfg, self.cfg.n_layers, static=static, max_len=max_len)
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
                 key_mask: torch.Tensor | None = None, capture: dict | None = None) -> torch.Tensor:
-        offset = cache.offset if cache is not None else 0
+        offset = cache.start(ids.device) if cache is not None else 0
         x, positions = self.embed(ids, offset, capture)
         ctx = Context(positions=positions, causal=self.stack.causal, position=self.embed.position,
                       key_mask=key_mask, capture=capture)
         x = self.stack(x, ctx, cache)
         if cache is not None:
-            cache.offset += ids.shape[1]
+            cache.advance(ids.shape[1])
         logits = self.head(x)
         if capture is not None:
             capture["logits"] = logits.detach()
         return logits
 
 
-def make_cache(cfg: ModelConfig, n_layers: int) -> KVCache:
+def make_cache(cfg: ModelConfig, n_layers: int, static: bool = False,
+               max_len: int | None = None) -> KVCache:
     """The decoding cache of ``cfg``: each layer's policy, checked against its mixer.
 
     A mixer with ``caps.state_cache`` needs the ``recurrent`` policy and only it; ``window`` /
     ``sink-window`` need a mixer whose class tells how far back its pattern reaches
     (``cache_reach(attention_options) -> (sinks, window)``: keys at positions < sinks or within
     the last ``window`` positions) and a policy that keeps at least that much.
+
+    ``static=True`` replaces every layer's policy by ``static`` (fixed buffers of ``max_len``
+    positions, default ``cfg.max_seq_len``; :class:`formers.nn.cache.StaticCache`), for
+    compiled / CUDA-graph decoding. Raises ValueError for a layer whose policy is not ``auto`` /
+    ``full`` / ``static`` (windows, recurrent states), a mixer that does not declare
+    ``static_cache = True`` (it must take keys through ``self_attention_keys``), value residual
+    ``shared`` (SVFormer) or ``max_len`` outside [1, max_seq_len].
     """
     specs = [cfg.layer_spec(i) for i in range(n_layers)]
+    if static:
+        max_len = cfg.max_seq_len if max_len is None else max_len
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or not 1 <= max_len <= cfg.max_seq_len:
+            raise ValueError(f"static cache: max_len must be an int in [1, max_seq_len = "
+                             f"{cfg.max_seq_len}], got {max_len!r}")
+        for i, s in enumerate(specs):
+            entry = get("attention", s.attention)
+            if entry.caps.state_cache or s.cache not in ("auto", "full", "static"):
+                raise ValueError(f"layer {i}: static cache needs policy 'full' (or 'auto' with a "
+                                 f"key/value mixer); attention {s.attention!r} with cache "
+                                 f"{s.cache!r} cannot use it (windows and recurrent states keep "
+                                 f"their own policies: decode with static_cache=False)")
+            if not entry.caps.kv_cache or not getattr(entry.obj, "static_cache", False):
+                raise ValueError(f"layer {i}: attention {s.attention!r} does not support the static "
+                                 f"cache (supported: mixers with static_cache = True, e.g. softmax, "
+                                 f"pattern mixers, kv); decode with static_cache=False")
+        if cfg.value_residual == "shared":
+            raise ValueError("static cache: value_residual='shared' (SVFormer) is not supported; "
+                             "decode with static_cache=False")
+        return KVCache(["static"] * n_layers, [{"max_len": max_len}] * n_layers)
     for i, s in enumerate(specs):
         entry = get("attention", s.attention)
         if not entry.caps.kv_cache:
@@ -168,8 +202,8 @@ class EncoderDecoder(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.embed.tok.weight
 
-    def new_cache(self) -> KVCache:
-        return make_cache(self.cfg, self.cfg.n_layers)
+    def new_cache(self, static: bool = False, max_len: int | None = None) -> KVCache:
+        return make_cache(self.cfg, self.cfg.n_layers, static=static, max_len=max_len)
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None,
                capture: dict | None = None) -> torch.Tensor:
@@ -180,13 +214,13 @@ class EncoderDecoder(nn.Module):
 
     def decode(self, tgt: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
                cache: KVCache | None = None, capture: dict | None = None) -> torch.Tensor:
-        offset = cache.offset if cache is not None else 0
+        offset = cache.start(tgt.device) if cache is not None else 0
         x, positions = self.embed(tgt, offset, capture)
         ctx = Context(positions=positions, causal=True, position=self.embed.position,
                       memory=memory, memory_mask=memory_mask, capture=capture)
         x = self.decoder(x, ctx, cache)
         if cache is not None:
-            cache.offset += tgt.shape[1]
+            cache.advance(tgt.shape[1])
         return self.head(x)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor,

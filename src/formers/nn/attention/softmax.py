@@ -20,6 +20,9 @@ def self_attention_keys(k: torch.Tensor, v: torch.Tensor | None, pos: torch.Tens
     values and updates the cache itself), otherwise appends to the layer's cache; then asks the
     position scheme for its score bias (ALiBi) between the queries at ``pos`` and the keys.
     k, v: (batch, kv_heads, new_len, head_dim); v is None for layers without W_V (SVFormer).
+    A static cache (:class:`formers.nn.cache.StaticCache`) returns its whole buffers; its
+    position mask (0 / -inf) is then added to the bias, so mixers using this function need a
+    score bias (they declare ``static_cache = True``).
     Returns k, v: (batch, kv_heads, k_len, head_dim), k_pos: (k_len,), bias or None.
     Raises ValueError for a layer without values and no value-residual rule.
     """
@@ -32,6 +35,11 @@ def self_attention_keys(k: torch.Tensor, v: torch.Tensor | None, pos: torch.Tens
     elif cache is not None:
         k, v, k_pos = cache.update(k, v, pos)
     bias = ctx.position.bias(pos, k_pos) if ctx.position is not None else None
+    if cache is not None and getattr(cache, "static", False):
+        # the static policy returns fixed-size buffers: mask the keys after each query (and the
+        # slots not yet written) by absolute position, as an additive 0 / -inf bias
+        mask = cache.key_bias(pos, k_pos)
+        bias = mask if bias is None else bias + mask
     return k, v, k_pos, bias
 
 
@@ -61,6 +69,7 @@ class SoftmaxAttention(nn.Module):
     """
 
     supports_value_residual = True
+    static_cache = True  # keys through self_attention_keys, masks taken as a score bias
 
     def __init__(self, cfg: ModelConfig, cross: bool = False, backend: str = "auto",
                  own_values: bool = True) -> None:
