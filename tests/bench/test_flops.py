@@ -273,3 +273,42 @@ def test_bad_arguments():
             forward_flops(m, bad)
     with pytest.raises(ValueError, match="causal"):
         forward_flops(m, 8, causal="yes")
+
+
+def test_encoder_decoder_counts_both_stacks_and_cross_attention():
+    cfg = ModelConfig(arch="encoder-decoder", d_model=32, n_heads=4, n_layers=2, max_seq_len=96,
+                      vocab_size=100)
+    torch.manual_seed(0)
+    m = build_model(cfg).eval()
+    for mod in m.modules():
+        if getattr(mod, "backend", None) in ("auto", "sdpa"):
+            mod.backend = "reference"
+    ids = torch.randint(0, 100, (1, N), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        m(ids, ids)  # seq_len source and seq_len target tokens
+    assert forward_flops(m, N) == fc.get_total_flops()
+    # causal pairs shrink the decoder's self-attention only (2 layers), never cross-attention
+    assert forward_flops(m, N) - forward_flops(m, N, causal=True) == \
+        2 * (attention_flops(N * N, 4, 8) - attention_flops(N * (N + 1) // 2, 4, 8))
+
+
+@pytest.mark.parametrize("combine,grid", [("chained", (12, 10)), ("parallel", (6, 5, 4)),
+                                          ("chained", (6, 5, 4))])
+def test_factorised_axial_attention_equals_the_counter(combine, grid):
+    from formers.sciml.pde.factorized import FactorizedAttention
+
+    torch.manual_seed(0)
+    m = FactorizedAttention(16, 2, 8, n_dims=len(grid), combine=combine)
+    u = torch.randn(1, *grid, 16)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        m(u, [torch.linspace(0, 1, n) for n in grid])
+    assert m.grid_flops(grid) == fc.get_total_flops()
+    if grid == (12, 10):  # by hand: dim 16, 2 heads of 8, d_k 16, latent 16, N = 120 points
+        n_pts = 120
+        dense = 2 * n_pts * 4 * 16 * 16                                   # W_v, W_in, out1, out2
+        per_axis = sum(2 * n_pts * 16 * 16 + 2 * a * 16 * 32 + 2 * a * 16 * 16   # projection
+                       + 2 * 2 * a * 16 * 32 + 2 * 2 * a * a * 16                 # W_q, W_k, kernel
+                       + 2 * 2 * n_pts * a * 8 for a in grid)                     # axial integral
+        assert m.grid_flops(grid) == dense + per_axis
+    with pytest.raises(ValueError, match="grid"):
+        m.grid_flops((4,) * (len(grid) + 1))

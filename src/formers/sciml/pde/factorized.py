@@ -195,6 +195,33 @@ class FactorizedAttention(nn.Module):
         self.out1 = nn.Linear(width, dim_out, bias=False)
         self.out2 = nn.Linear(dim_out, dim_out, bias=False)
 
+    def grid_flops(self, grid: Sequence[int]) -> float:
+        """Forward matmul FLOPs (2 per multiply-add) on one sample of grid ``grid`` = (n_1, ...,
+        n_D), N = prod(grid) points: W_v, W_in and the two output linears on every point; per axis
+        a, the projection's first linear on every point and its MLP on the n_a axis points (after
+        the mean), W_q, W_k on n_a points, the kernel (2 h n_a^2 d_k) and its integral along the
+        axis (2 h N n_a head_dim): O(N sum_a n_a) instead of full attention's O(N^2). Norms, GELU,
+        the mean and the rotary position are not counted (see :mod:`formers.bench.flops`).
+
+        Raises:
+            ValueError: ``grid`` not D positive ints.
+        """
+        if len(grid) != self.n_dims or any(not isinstance(n, int) or n < 1 for n in grid):
+            raise ValueError(f"FactorizedAttention.grid_flops: grid must be {self.n_dims} ints >= 1, "
+                             f"got {grid!r}")
+        points = math.prod(grid)
+
+        def lin(m: nn.Linear, tokens: int) -> float:
+            return 2.0 * m.in_features * m.out_features * tokens
+
+        total = sum(lin(m, points) for m in (self.to_v, self.to_in, self.out1, self.out2))
+        h, c = self.n_heads, self.head_dim
+        for n_a, proj, kern in zip(grid, self.projections, self.kernels):
+            total += lin(proj.proj, points) + lin(proj.up, n_a) + lin(proj.down, n_a)
+            total += lin(kern.to_q, n_a) + lin(kern.to_k, n_a) + 2.0 * h * n_a * n_a * kern.d_k
+            total += 2.0 * h * points * n_a * c
+        return total
+
     def axis_kernels(self, u: torch.Tensor, coords: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         """The D kernels (batch, heads, n_a, n_a) of normalised, projected input ``u`` (after W_in)."""
         return [k(p(u, a), coords[a]) for a, (p, k) in enumerate(zip(self.projections, self.kernels))]
