@@ -151,6 +151,7 @@ def test_cli_errors_exit_2(tmp_path):
     assert main(["bench", "train", "--device", "cpu", "--batch-size", "0", "--quiet"]) == 2
     assert main(["bench", "train", "--device", "cpu", "--compare", str(tmp_path / "none.json")]) == 2
     assert main(["bench"]) == 2
+    assert main(["bench", "train", "--device", "cpu", "--compile", "--no-compile", "--quiet"]) == 2
 
 
 def _rec(tps: dict[str, float]) -> dict:
