@@ -239,6 +239,15 @@ def attend(
                            pattern=pattern, q_pos=q_pos, k_pos=k_pos, scale=scale)
         return out, None
 
+    if (path == "sdpa" and bias is None and causal and pattern is None and key_mask is None
+            and tq == tk and tq > 1):
+        # the fast path: no explicit mask, so SDPA may take its flash / cuDNN kernels (and no
+        # (tq, tk) mask is built and thrown away on every call)
+        if not torch.compiler.is_compiling():
+            CALLS["sdpa"] += 1
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
+        return out, None
+
     # One boolean "may attend" mask (or None), shared by both paths.
     allowed = None
     if causal and tq > 1:
@@ -253,19 +262,12 @@ def attend(
     if path == "sdpa":
         if not torch.compiler.is_compiling():
             CALLS["sdpa"] += 1
-        if bias is None and causal and pattern is None and key_mask is None and tq == tk and tq > 1:
-            out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale
-            )
-        else:
-            mask = allowed
-            if bias is not None:
-                mask = bias.to(q.dtype)
-                if allowed is not None:
-                    mask = mask.masked_fill(~allowed, float("-inf"))
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale
-            )
+        mask = allowed
+        if bias is not None:
+            mask = bias.to(q.dtype)
+            if allowed is not None:
+                mask = mask.masked_fill(~allowed, float("-inf"))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
         return out, None
 
     if not torch.compiler.is_compiling():
