@@ -543,15 +543,79 @@ def bench_train_cmd(
     print(f"written: {paths['json']}, {paths['md']}, {paths['png']}")
 
 
+def bench_decode_cmd(
+    preset: str = "tiny",
+    batch: str = "1,4",
+    prompt: str = "32",
+    new_tokens: int = 64,
+    ours: str = "eager,static,compiled",
+    peers: str = "hf",
+    hf_static: bool = True,
+    warmup: int = 1,
+    repeats: int = 3,
+    dtype: str = "auto",
+    compile_mode: str = "reduce-overhead",
+    check_fp32: Optional[bool] = None,
+    device: str = "auto",
+    threads: int = 0,
+    seed: int = 0,
+    out: Path = Path("benchmarks/results"),
+    quiet: bool = False,
+) -> None:
+    """Decoding speed: time to first token and decode tokens/s of our generate (eager full cache,
+    static cache, static cache + torch.compile) beside HF transformers generate on the same
+    weights, same process, greedy; outputs compared with HF's; writes
+    decode_bench-DEVICE-PRESET.json/.md in --out (see formers.bench.decode).
+
+    Args:
+        preset: gpt2-small | gpt2-medium | tiny (max_seq_len raised to hold prompt + new tokens).
+        batch: comma list of batch sizes.
+        prompt: comma list of prompt lengths.
+        new_tokens: tokens generated per sequence (>= 2).
+        ours: comma list of eager, static, compiled.
+        peers: hf (transformers GPT-2 generate, dynamic cache; plus its static cache unless --no-hf-static), or empty for ours only (pip install 'formers[peers]').
+        hf_static: also run HF with cache_implementation='static' (it compiles itself on CUDA).
+        warmup: untimed generations per entry and configuration (compilation happens here).
+        repeats: timed rounds (medians).
+        dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32.
+        compile_mode: torch.compile mode of 'compiled' on CUDA (reduce-overhead = CUDA graphs).
+        check_fp32: True / False: compare eager vs HF greedy outputs again in fp32 (default: on CUDA when the dtype is not fp32).
+    """
+    from formers.bench.decode import DecodeBenchConfig, run_bench, table_markdown
+
+    def ints(text: str, name: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(t) for t in _csv(text))
+        except ValueError:
+            raise ValueError(f"--{name}: expected comma-separated ints, got {text!r}") from None
+
+    peer_rows: list[str] = []
+    for p in _csv(peers):
+        if p == "hf":
+            peer_rows += ["hf"] + (["hf-static"] if hf_static else [])
+        else:
+            peer_rows.append(p)
+    cfg = DecodeBenchConfig(preset=preset, batch=ints(batch, "batch"), prompt=ints(prompt, "prompt"),
+                            new_tokens=new_tokens, ours=_csv(ours), peers=tuple(peer_rows), warmup=warmup,
+                            repeats=repeats, dtype=dtype, compile_mode=compile_mode, check_fp32=check_fp32,
+                            device=device, threads=threads, seed=seed)
+    progress = None if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    record, paths = run_bench(cfg, out, progress)
+    print(table_markdown(record))
+    print(f"written: {paths['json']}, {paths['md']}")
+
+
 BENCH_COMMANDS = {
     "attention": bench_attention_cmd,
     "train": bench_train_cmd,
+    "decode": bench_decode_cmd,
 }
 
 
 def bench_cmd() -> None:
     """Benchmarks: ``formers bench attention`` (token mixers vs sequence length), ``formers bench
-    train`` (training throughput, MFU and peers). ``formers bench SUBCOMMAND --help`` for flags."""
+    train`` (training throughput, MFU and peers), ``formers bench decode`` (time to first token and
+    decoding tokens/s against HF generate). ``formers bench SUBCOMMAND --help`` for flags."""
     raise ValueError("formers bench needs a subcommand: " + " | ".join(BENCH_COMMANDS))
 
 

@@ -142,6 +142,11 @@ def test_static_session_is_reused_between_calls():
     a = generate(model, _ids(2, 4, seed=9), s, static_cache=True)
     assert model.__dict__["_formers_static"] is sess and sess.cache.layers[0].k.data_ptr() == ptr
     assert torch.equal(a, generate(model, _ids(2, 4, seed=9), s))
+    # a shorter generation fits in the kept buffers and reuses them; another batch size does not
+    generate(model, _ids(2, 3), SamplingConfig(max_new_tokens=2, temperature=0), static_cache=True)
+    assert model.__dict__["_formers_static"] is sess
+    generate(model, _ids(3, 3), SamplingConfig(max_new_tokens=2, temperature=0), static_cache=True)
+    assert model.__dict__["_formers_static"] is not sess
 
 
 # ------------------------------------------------------------------------------- errors

@@ -145,12 +145,15 @@ def _compile_options(compile: bool | dict, device: torch.device) -> dict[str, An
 
 class _StaticSession:
     """A static cache and loop state kept on the model between calls (``model._formers_static``),
-    so repeated generations of one shape reuse the same buffers: compiled graphs (and CUDA graphs)
-    are replayed, not re-recorded. Only the latest shape is kept."""
+    so later generations reuse the same buffers: compiled graphs (and CUDA graphs) are replayed,
+    not re-recorded. A call reuses the kept session when its batch size, device and stop tokens
+    are the same and its buffers are long enough (as HF's static cache does); otherwise the
+    session is replaced (one is kept)."""
 
     def __init__(self, model: torch.nn.Module, batch: int, max_len: int, device: torch.device,
                  stop: list[int]) -> None:
-        self.key = (batch, max_len, str(device), tuple(stop))
+        self.key = (batch, str(device), tuple(stop))
+        self.length = max_len
         self.cache = model.new_cache(static=True, max_len=max_len)
         self.state = DecodeState(batch, max_len, device, stop)
         mark = getattr(torch._dynamo, "mark_static_address", None)
@@ -161,9 +164,9 @@ class _StaticSession:
 
 def _static_session(model: torch.nn.Module, batch: int, max_len: int, device: torch.device,
                     stop: list[int]) -> _StaticSession:
-    key = (batch, max_len, str(device), tuple(stop))
+    key = (batch, str(device), tuple(stop))
     sess = model.__dict__.get("_formers_static")
-    if sess is None or sess.key != key:
+    if sess is None or sess.key != key or sess.length < max_len:
         model.__dict__["_formers_static"] = None  # free the old buffers first
         sess = model.__dict__["_formers_static"] = _StaticSession(model, batch, max_len, device, stop)
     return sess
@@ -185,7 +188,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, sampling: SamplingConfig
         use_cache: decode with the model's KV cache (False recomputes the whole prefix per token).
         static_cache: use the ``static`` cache policy in every layer (fixed key/value buffers of
             prompt + new tokens rounded up to ``STATIC_ROUND``, at most max_seq_len; kept on the
-            model and reused by the next call of the same shape). Needs a key/value mixer in every
+            model and reused by later calls of the same batch size that fit in them). Needs a key/value mixer in every
             layer with policy ``full``/``auto`` (:func:`formers.nn.models.make_cache`).
         compile: compile the per-token step with ``torch.compile`` (needs ``static_cache``): True
             = ``mode="reduce-overhead"`` (CUDA graphs) on CUDA and the default mode elsewhere,
