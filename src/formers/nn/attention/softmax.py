@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from formers.nn.attention.core import attend
@@ -43,6 +44,10 @@ def self_attention_keys(k: torch.Tensor, v: torch.Tensor | None, pos: torch.Tens
     return k, v, k_pos, bias
 
 
+# SoftmaxAttention.fuse_qkv = None fuses W_Q, W_K, W_V on CUDA for calls of this many tokens or more
+FUSE_QKV_MIN_TOKENS = 4096
+
+
 @register(
     "attention",
     "softmax",
@@ -70,6 +75,7 @@ class SoftmaxAttention(nn.Module):
 
     supports_value_residual = True
     static_cache = True  # keys through self_attention_keys, masks taken as a score bias
+    fuse_qkv: bool | None = None  # one GEMM for W_Q, W_K, W_V (None: on CUDA, long calls); see _self_projections
 
     def __init__(self, cfg: ModelConfig, cross: bool = False, backend: str = "auto",
                  own_values: bool = True) -> None:
@@ -93,6 +99,30 @@ class SoftmaxAttention(nn.Module):
         b, s, _ = t.shape
         return t.view(b, s, n, self.head_dim).transpose(1, 2)
 
+    def _self_projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """q, k, v projections of ``x`` (batch, seq_len, d_model) before the head split; v is None
+        without W_V. With ``fuse_qkv`` (default None: on CUDA for calls of at least
+        ``FUSE_QKV_MIN_TOKENS`` tokens, i.e. training and long prefills, not decoding steps, where
+        the per-call weight concatenation would add memory traffic to memory-bound GEMVs) and
+        W_Q, W_K, W_V plain ``nn.Linear`` layers they run as one GEMM over their concatenated
+        weights (one (d, (h + 2 h_kv) hd) matmul instead of three narrower ones, which the GPU
+        runs at a higher fraction of its peak; the parameters and the state dict stay three
+        separate layers). The result equals the three calls up to float rounding, so CPU runs
+        (and their exact tests) keep the separate calls unless ``fuse_qkv=True``. Subclasses whose
+        projections are other modules (low-rank, memory layers) take the three separate calls."""
+        q, k, v = self.q, self.k, self.v
+        fuse = self.fuse_qkv
+        if fuse is None:
+            fuse = x.is_cuda and x.numel() >= FUSE_QKV_MIN_TOKENS * x.shape[-1]
+        if fuse and v is not None and type(q) is type(k) is type(v) is nn.Linear and \
+                (q.bias is None) == (k.bias is None) == (v.bias is None):
+            w = torch.cat((q.weight, k.weight, v.weight))
+            b = None if q.bias is None else torch.cat((q.bias, k.bias, v.bias))
+            nq, nk = q.out_features, k.out_features
+            qx, kx, vx = F.linear(x, w, b).split((nq, nk, nk), dim=-1)
+            return qx, kx, vx
+        return q(x), k(x), (v(x) if v is not None else None)
+
     def score_pairs(self, seq_len: int, causal: bool, square: bool) -> float:
         """(query, key) pairs per head whose scores this mixer computes (see
         :mod:`formers.nn.flops`): dense n x n (causal and not ``square``: n (n + 1) / 2); a
@@ -111,9 +141,10 @@ class SoftmaxAttention(nn.Module):
         """Uncached self-attention q, k, v, each (batch, n_heads, seq_len, head_dim): RoPE applied
         to q and k, GQA key/value heads repeated to the query heads (for mixers that transform the
         keys along the sequence: Linformer, Nystromformer, Sinkhorn)."""
-        q = self._heads(self.q(x), self.n_heads)
-        k = self._heads(self.k(x), self.n_kv_heads)
-        v = self._heads(self.v(x), self.n_kv_heads)
+        if self.v is None:
+            raise ValueError("self_qkv needs a layer with its own values (W_V)")
+        qx, kx, vx = self._self_projections(x)
+        q, k, v = self._heads(qx, self.n_heads), self._heads(kx, self.n_kv_heads), self._heads(vx, self.n_kv_heads)
         if ctx.position is not None:
             q, k = ctx.position.rotate(q, ctx.positions), ctx.position.rotate(k, ctx.positions)
         if self.n_kv_heads != self.n_heads:
@@ -123,10 +154,10 @@ class SoftmaxAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: Context, cache=None) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self._heads(self.q(x), self.n_heads)
         bias, key_mask, causal = None, ctx.key_mask, ctx.causal
         pattern = pos = k_pos = None
         if self.cross:
+            q = self._heads(self.q(x), self.n_heads)
             if ctx.memory is None:
                 raise ValueError("cross-attention needs ctx.memory (the encoder output)")
             if cache is not None and cache.cross is not None:
@@ -138,8 +169,9 @@ class SoftmaxAttention(nn.Module):
                     cache.cross = (k, v)
             key_mask, causal = ctx.memory_mask, False
         else:
-            k = self._heads(self.k(x), self.n_kv_heads)
-            v = self._heads(self.v(x), self.n_kv_heads) if self.v is not None else None
+            qx, kx, vx = self._self_projections(x)
+            q, k = self._heads(qx, self.n_heads), self._heads(kx, self.n_kv_heads)
+            v = self._heads(vx, self.n_kv_heads) if vx is not None else None
             pos = ctx.positions
             if ctx.position is not None:
                 q, k = ctx.position.rotate(q, pos), ctx.position.rotate(k, pos)
