@@ -24,7 +24,7 @@ def train(out: Path, parallel: str, crash: bool = False, resume: bool = False, *
     if crash:
         task = crashing(task, crash_at=HALF)
     cfg = tiny_train_config(max_steps=STEPS, batch_size=4, grad_accum=2, eval_every=2,
-                            checkpoint_every=HALF, dtype="fp32", parallel=parallel, **kw)
+                            checkpoint_every=HALF, dtype="fp32", parallel=parallel, device=DEVICE, **kw)
     try:
         Trainer(task, tiny_model_config(dropout=0.0, bias=False), cfg, out, resume=resume).fit()
     except KeyboardInterrupt:
@@ -32,9 +32,14 @@ def train(out: Path, parallel: str, crash: bool = False, resume: bool = False, *
     dist.barrier()
 
 
+DEVICE = sys.argv[2] if len(sys.argv) > 2 else "cpu"  # "cuda": nccl, one GPU per rank
+
 if __name__ == "__main__":
     root = Path(sys.argv[1])
-    dist.init_process_group("gloo")  # reused by every Trainer below (they do not destroy it)
+    if DEVICE == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    # one group, reused by every Trainer below (they do not destroy it)
+    dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo")
     rank = dist.get_rank()
     train(root / "ddp_full", "ddp")
     train(root / "ddp_half", "ddp", crash=True)

@@ -5,6 +5,9 @@ the uninterrupted run (|diff| <= 1e-5; fp32, only the summation order differs be
 two ranks) and the same final weights (|diff| <= 1e-6). bias=False as in test_train_ddp.py (the
 key bias has an exactly-zero true gradient, which Adam would turn from round-off into lr-sized
 steps). One torchrun launch (module fixture) makes all the distributed runs.
+
+On a machine with 2+ GPUs, ``FORMERS_PORTABLE_DEVICE=cuda`` runs the same checks over NCCL, one
+GPU per rank (fp32; weights to 1e-5 there: CUDA kernels may sum in another order per batch shape).
 """
 
 import os
@@ -22,6 +25,8 @@ from formers.train.trainer import Trainer, read_metrics
 from _train_synth import SynthTask, crashing, tiny_model_config, tiny_train_config
 
 HERE = Path(__file__).resolve().parent
+DEVICE = os.environ.get("FORMERS_PORTABLE_DEVICE", "cpu")
+W_TOL = 1e-6 if DEVICE == "cpu" else 1e-5
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not built")
 
@@ -29,7 +34,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
 def _single(out: Path, crash: bool = False, resume: bool = False, parallel: str = "ddp") -> None:
     task = crashing(SynthTask(seed=0), crash_at=2) if crash else SynthTask(seed=0)
     cfg = tiny_train_config(max_steps=4, batch_size=4, grad_accum=2, eval_every=2, checkpoint_every=2,
-                            dtype="fp32", parallel=parallel)
+                            dtype="fp32", parallel=parallel, device=DEVICE)
     try:
         Trainer(task, tiny_model_config(dropout=0.0, bias=False), cfg, out, resume=resume).fit()
     except KeyboardInterrupt:
@@ -48,7 +53,7 @@ def runs(tmp_path_factory):
         env.pop(k, None)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(HERE / "_train_portable_worker.py"), str(root)],
+         str(HERE / "_train_portable_worker.py"), str(root), DEVICE],
         env=env, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -63,7 +68,7 @@ def _same_run(a: Path, b: Path) -> None:
     for ra, rb in zip(ma, mb):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], abs=1e-5), (ra, rb)
         assert ra.get("val_loss", -1) == pytest.approx(rb.get("val_loss", -1), abs=1e-5)
-    for name, tol in (("model.safetensors", 1e-6), ("optimizer.safetensors", 1e-6)):
+    for name, tol in (("model.safetensors", W_TOL), ("optimizer.safetensors", W_TOL)):
         ta, tb = load_file(a / "ckpt" / name), load_file(b / "ckpt" / name)
         assert ta.keys() == tb.keys(), (name, sorted(ta.keys() ^ tb.keys()))
         for k in ta:
@@ -125,3 +130,15 @@ def test_parallel_config_is_validated():
     with pytest.raises(ValueError, match="fsdp"):
         TrainConfig(parallel="fsdp", optimizer="lbfgs", grad_clip=0.0)
     assert TrainConfig.from_dict(TrainConfig(parallel="fsdp").to_dict()).parallel == "fsdp"
+
+
+def test_rank_rows_of_the_global_batch():
+    # rank r keeps rows r::world of the global batch; the global batch must divide by the world size
+    from formers.train.distributed import DistInfo, shard
+
+    ids = torch.arange(12).reshape(6, 2)
+    parts = [shard({"ids": ids}, DistInfo(rank=r, world_size=3))["ids"] for r in range(3)]
+    assert [p[:, 0].tolist() for p in parts] == [[0, 6], [2, 8], [4, 10]]
+    assert sorted(torch.cat(parts)[:, 0].tolist()) == ids[:, 0].tolist()
+    with pytest.raises(ValueError, match="divisible by the world size 4"):
+        shard({"ids": ids}, DistInfo(rank=0, world_size=4))
