@@ -131,6 +131,10 @@ def test_unknown_model_and_granularity():
         expand_models(["baseline@1"], base)
     with pytest.raises(ValueError, match="granularity"):
         expand_models(["matformer@9"], base)
+    with pytest.raises(ValueError, match="only option after '~'"):
+        expand_models(["baseline~fast"], base)
+    assert expand_models(["baseline~unfused", "matformer@1~unfused"], base) == [
+        ("baseline~unfused", "baseline", None), ("matformer@1~unfused", "matformer", 1)]
     assert expand_models(["baseline", "matformer@all"], base) == [
         ("baseline", "baseline", None)] + [(f"matformer@{i}", "matformer", i) for i in range(4)]
 

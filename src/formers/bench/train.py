@@ -189,6 +189,8 @@ class TrainBenchConfig(Config):
 def expand_models(models: tuple[str, ...] | list[str], base) -> list[tuple[str, str, int | None]]:
     """``[(label, preset name, granularity or None)]`` for the ``--models`` list; ``NAME@G`` picks
     MatFormer granularity index G, ``NAME@all`` every granularity of that model at ``base``'s size.
+    A trailing ``~unfused`` (``baseline~unfused``) runs that entry with the three separate W_Q,
+    W_K, W_V GEMMs (``SoftmaxAttention.fuse_qkv = False``): an A/B of the fused projection in one run.
 
     Raises:
         ValueError: unknown model preset (naming the known ones), a granularity on a model without
@@ -200,15 +202,19 @@ def expand_models(models: tuple[str, ...] | list[str], base) -> list[tuple[str, 
     known = names("model")
     out: list[tuple[str, str, int | None]] = []
     for item in models:
-        name, at, g = item.partition("@")
+        core, tilde, option = item.partition("~")
+        if tilde and option != "unfused":
+            raise ValueError(f"model {item!r}: the only option after '~' is 'unfused', got {option!r}")
+        suffix = "~unfused" if tilde else ""
+        name, at, g = core.partition("@")
         if name not in known:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(known)}")
         if not at:
-            out.append((name, name, None))
+            out.append((name + suffix, name, None))
             continue
         n = _n_granularities(name, base)
         if g == "all":
-            out += [(f"{name}@{i}", name, i) for i in range(n)]
+            out += [(f"{name}@{i}{suffix}", name, i) for i in range(n)]
             continue
         if not g.isdigit() or int(g) >= n:
             raise ValueError(f"model {item!r}: granularity must be an index in 0..{n - 1} or 'all', got {g!r}")
@@ -383,6 +389,12 @@ class TrainBench:
 
                 set_granularity(model, g)
                 flop_cfg = extract_config(model, g)
+            if label.endswith("~unfused"):
+                from formers.nn.attention.softmax import SoftmaxAttention
+
+                for m in model.modules():
+                    if isinstance(m, SoftmaxAttention):
+                        m.fuse_qkv = False
 
             def logits_fn(m, ids):
                 return m(ids)
