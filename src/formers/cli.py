@@ -495,6 +495,7 @@ def bench_train_cmd(
     interleave: bool = True,
     threads: int = 0,
     seed: int = 0,
+    tag: str = "",
     out: Path = Path("benchmarks/results"),
     compare: Optional[Path] = None,
     quiet: bool = False,
@@ -521,6 +522,7 @@ def bench_train_cmd(
         sdpa_backend: auto | flash | cudnn | efficient | math (for every entry).
         interleave: keep all entries resident and interleave windows (--no-interleave: one at a
             time, freed in between).
+        tag: appended to the result file name (train_bench-DEVICE-PRESET-TAG).
         compare: a stored train_bench JSON; prints the per-row change.
     """
     from formers.bench.train import (TrainBenchConfig, compare_records, read_record, run_bench,
@@ -534,7 +536,8 @@ def bench_train_cmd(
                            seq_len=seq_len, steps=steps, warmup=warmup, repeats=repeats,
                            compile=True if compile else (False if no_compile else None),
                            compile_mode=compile_mode, dtype=dtype, device=device, peak_tflops=peak_tflops,
-                           sdpa_backend=sdpa_backend, interleave=interleave, threads=threads, seed=seed)
+                           sdpa_backend=sdpa_backend, interleave=interleave, threads=threads, seed=seed,
+                           tag=tag)
     progress = None if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     record, paths = run_bench(cfg, out, progress)
     print(table_markdown(record))

@@ -34,11 +34,11 @@ RECORD_FIELDS = {"device", "device_name", "dtype", "torch", "threads", "commit",
 def test_tiny_cli_run_writes_json_md_png(tmp_path, capsys):
     rc = main(["bench", "train", "--preset", "tiny", "--device", "cpu", "--models", "baseline,value-residual",
                "--batch-size", "2", "--seq-len", "16", "--steps", "2", "--warmup", "1", "--repeats", "2",
-               "--no-compile", "--peak-tflops", "1.0", "--out", str(tmp_path), "--quiet"])
+               "--no-compile", "--peak-tflops", "1.0", "--out", str(tmp_path), "--quiet", "--tag", "t1"])
     assert rc == 0
-    js = tmp_path / "train_bench-cpu-tiny.json"
-    assert js.is_file() and (tmp_path / "train_bench-cpu-tiny.md").is_file()
-    assert (tmp_path / "train_bench-cpu-tiny.png").stat().st_size > 0
+    js = tmp_path / "train_bench-cpu-tiny-t1.json"
+    assert js.is_file() and (tmp_path / "train_bench-cpu-tiny-t1.md").is_file()
+    assert (tmp_path / "train_bench-cpu-tiny-t1.png").stat().st_size > 0
     rec = json.loads(js.read_text())
     assert RECORD_FIELDS <= set(rec)
     assert rec["device"] == "cpu" and rec["dtype"] == "fp32" and rec["batch_size"] == 2 and rec["seq_len"] == 16
@@ -117,6 +117,7 @@ def test_presets_and_param_counts():
     (dict(sdpa_backend="nosuch"), "sdpa_backend"),
     (dict(models=(), peers=()), "nothing to run"),
     (dict(peak_tflops=0.0), "peak_tflops"),
+    (dict(tag="a/b"), "tag"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -127,6 +127,8 @@ class TrainBenchConfig(Config):
         sdpa_backend: restrict SDPA to one kernel for every entry (``auto`` = torch's choice).
         interleave: keep every entry resident and interleave windows (False: one at a time).
         threads: torch.set_num_threads (0 = leave). seed: weights and data. lr: AdamW's.
+        tag: appended to the result file name (``train_bench-<device>-<preset>-<tag>``), so runs
+            of one preset with other models or flags do not overwrite each other.
     Raises:
         ValueError: naming the field, the value and what is allowed.
     """
@@ -149,6 +151,7 @@ class TrainBenchConfig(Config):
     threads: int = 0
     seed: int = 0
     lr: float = 3e-4
+    tag: str = ""
 
     def __post_init__(self) -> None:
         from formers.bench.peers import PEERS
@@ -181,6 +184,8 @@ class TrainBenchConfig(Config):
         if self.peak_tflops is not None and not (isinstance(self.peak_tflops, (int, float))
                                                  and 0 < self.peak_tflops < math.inf):
             raise ValueError(f"{o}.peak_tflops must be a positive number, got {self.peak_tflops!r}")
+        if self.tag and not all(c.isalnum() or c in "-_." for c in self.tag):
+            raise ValueError(f"{o}.tag may hold letters, digits, '-', '_' and '.', got {self.tag!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"{o}.lr must be > 0, got {self.lr!r}")
 
@@ -645,7 +650,7 @@ class TrainBench:
             "optimizer": f"AdamW(lr={cfg.lr}, betas=(0.9, 0.95), wd=0.1{', fused' if self.cuda else ''})",
             "data": "random token ids, uniform over the vocabulary, fixed seed (throughput only; nothing is learned)",
             "peak_tflops": peak, "peak_source": peak_src, "params_note": param_notes,
-            "wall_s": wall, "config": cfg.to_dict(), "rows": rows,
+            "tag": cfg.tag, "wall_s": wall, "config": cfg.to_dict(), "rows": rows,
         }
         record["goals"] = goals(record)
         return record
@@ -748,7 +753,8 @@ def plot(record: dict[str, Any], path: Path) -> Path:
 
 
 def result_stem(record: dict[str, Any]) -> str:
-    return f"train_bench-{record['device_tag']}-{record['preset']}"
+    tag = record.get("tag") or ""
+    return f"train_bench-{record['device_tag']}-{record['preset']}" + (f"-{tag}" if tag else "")
 
 
 def write_results(record: dict[str, Any], out_dir: Path) -> dict[str, Path]:
