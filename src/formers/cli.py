@@ -558,6 +558,7 @@ def bench_decode_cmd(
     repeats: int = 3,
     dtype: str = "auto",
     compile_mode: str = "reduce-overhead",
+    cache_len: Optional[int] = None,
     check_fp32: Optional[bool] = None,
     device: str = "auto",
     threads: int = 0,
@@ -582,6 +583,7 @@ def bench_decode_cmd(
         repeats: timed rounds (medians).
         dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32.
         compile_mode: torch.compile mode of 'compiled' on CUDA (reduce-overhead = CUDA graphs).
+        cache_len: static buffer length for static / compiled (default: prompt + new tokens rounded up to 256; one length = one compiled graph per batch size).
         check_fp32: True / False: compare eager vs HF greedy outputs again in fp32 (default: on CUDA when the dtype is not fp32).
     """
     from formers.bench.decode import DecodeBenchConfig, run_bench, table_markdown
@@ -600,7 +602,8 @@ def bench_decode_cmd(
             peer_rows.append(p)
     cfg = DecodeBenchConfig(preset=preset, batch=ints(batch, "batch"), prompt=ints(prompt, "prompt"),
                             new_tokens=new_tokens, ours=_csv(ours), peers=tuple(peer_rows), warmup=warmup,
-                            repeats=repeats, dtype=dtype, compile_mode=compile_mode, check_fp32=check_fp32,
+                            repeats=repeats, dtype=dtype, compile_mode=compile_mode, cache_len=cache_len,
+                            check_fp32=check_fp32,
                             device=device, threads=threads, seed=seed)
     progress = None if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     record, paths = run_bench(cfg, out, progress)

@@ -83,6 +83,7 @@ def test_decode_config_raises_max_seq_len():
     (dict(ours=(), peers=()), "nothing to run"),
     (dict(warmup=0), "warmup must be >= 1"),
     (dict(preset="huge"), "unknown preset"),
+    (dict(prompt=(32,), new_tokens=64, cache_len=95), "cache_len must be an int >= the longest"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -93,12 +94,13 @@ def test_tiny_cli_run_writes_json_and_md(tmp_path, capsys):
     pytest.importorskip("transformers")
     rc = main(["bench", "decode", "--preset", "tiny", "--device", "cpu", "--batch", "1,2", "--prompt", "6",
                "--new-tokens", "8", "--ours", "eager,static", "--repeats", "1", "--check-fp32", "True",
+               "--cache-len", "20",
                "--out", str(tmp_path), "--quiet"])
     assert rc == 0
     rec = json.loads((tmp_path / "decode_bench-cpu-tiny.json").read_text())
     md = (tmp_path / "decode_bench-cpu-tiny.md").read_text()
     assert rec["benchmark"] == "decode_bench" and rec["dtype"] == "fp32" and rec["torch"] == torch.__version__
-    assert {"device", "commit", "transformers", "threads"} <= set(rec)
+    assert {"device", "commit", "transformers", "threads"} <= set(rec) and rec["static_cache_len"] == 20
     assert [e["name"] for e in rec["entries"]] == ["eager", "static", "hf", "hf-static"]
     assert [(c["batch"], c["prompt"]) for c in rec["configs"]] == [(1, 6), (2, 6)]
     for c in rec["configs"]:

@@ -147,6 +147,10 @@ def test_static_session_is_reused_between_calls():
     assert model.__dict__["_formers_static"] is sess
     generate(model, _ids(3, 3), SamplingConfig(max_new_tokens=2, temperature=0), static_cache=True)
     assert model.__dict__["_formers_static"] is not sess
+    # an explicit cache_len sizes the buffers
+    got = generate(model, _ids(3, 3), s, static_cache=True, cache_len=37)
+    assert model.__dict__["_formers_static"].cache.layers[0].k.shape[2] == 37
+    assert torch.equal(got, generate(model, _ids(3, 3), s))
 
 
 # ------------------------------------------------------------------------------- errors
@@ -170,6 +174,11 @@ def test_generate_argument_errors():
         generate(model, _ids(1, 3), s, compile=True)
     with pytest.raises(ValueError, match="needs use_cache=True"):
         generate(model, _ids(1, 3), s, static_cache=True, use_cache=False)
+    for bad in (4, 41):  # shorter than prompt + new tokens, longer than max_seq_len
+        with pytest.raises(ValueError, match="cache_len needs static_cache=True and an int in"):
+            generate(model, _ids(1, 3), s, static_cache=True, cache_len=bad)
+    with pytest.raises(ValueError, match="cache_len needs static_cache=True"):
+        generate(model, _ids(1, 3), s, cache_len=8)
     with pytest.raises(ValueError, match="check_every"):
         generate(model, _ids(1, 3), s, check_every=0)
     with pytest.raises(ValueError, match=r"max_len must be an int in \[1, max_seq_len"):

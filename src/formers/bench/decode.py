@@ -65,6 +65,10 @@ class DecodeBenchConfig(Config):
         warmup: untimed generations per entry and configuration (>= 1 when compiling).
         repeats: timed rounds (>= 1). dtype: ``auto`` = bf16 on CUDA, fp32 on CPU.
         compile_mode: torch.compile mode of ``compiled`` on CUDA (on CPU the default mode).
+        cache_len: static buffer length of ``static`` / ``compiled`` (None: generate's default,
+            prompt + new tokens rounded up to 256; one length for every configuration means one
+            compiled graph per batch size). At least the longest prompt + new tokens; the model's
+            max_seq_len is raised to it when shorter.
         check_fp32: also compare greedy outputs of ``eager`` and ``hf`` in fp32 (None: on CUDA
             when the dtype is not fp32).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``. threads: torch.set_num_threads (0 =
@@ -84,6 +88,7 @@ class DecodeBenchConfig(Config):
     repeats: int = 3
     dtype: str = "auto"
     compile_mode: str = "reduce-overhead"
+    cache_len: int | None = None
     check_fp32: bool | None = None
     device: str = "auto"
     threads: int = 0
@@ -119,6 +124,11 @@ class DecodeBenchConfig(Config):
                              f"in the warm-up), got {self.warmup}")
         if self.dtype not in DTYPES:
             raise ValueError(f"{o}.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        longest = max(self.prompt) + self.new_tokens
+        if self.cache_len is not None and (isinstance(self.cache_len, bool) or not isinstance(self.cache_len, int)
+                                           or self.cache_len < longest):
+            raise ValueError(f"{o}.cache_len must be an int >= the longest prompt + new_tokens = {longest}, "
+                             f"got {self.cache_len!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"{o}.compile_mode must be one of {list(COMPILE_MODES)}, got {self.compile_mode!r}")
 
@@ -182,7 +192,7 @@ class DecodeBench:
         name = cfg.dtype if cfg.dtype != "auto" else ("bf16" if self.cuda else "fp32")
         self.dtype_name = name
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-        longest = max(cfg.prompt) + cfg.new_tokens
+        longest = max(max(cfg.prompt) + cfg.new_tokens, cfg.cache_len or 0)
         self.model_cfg, self.len_note = decode_config(cfg.preset, longest)
         self.check_fp32 = cfg.check_fp32 if cfg.check_fp32 is not None else (self.cuda and name != "fp32")
         if cfg.peers:
@@ -200,6 +210,7 @@ class DecodeBench:
         kw: dict[str, Any] = {}
         if name in ("static", "compiled"):
             kw["static_cache"] = True
+            kw["cache_len"] = self.cfg.cache_len
         if name == "compiled":
             kw["compile"] = {"mode": self.cfg.compile_mode} if self.cuda else True
 
@@ -367,6 +378,7 @@ class DecodeBench:
             "model": {k: getattr(self.model_cfg, k) for k in ("n_layers", "d_model", "n_heads", "vocab_size",
                                                               "max_seq_len", "position", "ffn", "tie_embeddings")},
             "max_seq_len_note": self.len_note, "new_tokens": cfg.new_tokens,
+            "static_cache_len": cfg.cache_len or "prompt + new tokens rounded up to 256",
             "entries": [{"name": r.name, "note": r.note, "compiled": r.compiled, "error": r.error}
                         for r in runners],
             "method": ("greedy, random prompts (fixed seed); per configuration: warm-up generations, then "
@@ -421,7 +433,8 @@ def table_markdown(record: dict[str, Any]) -> str:
         f"{record['new_tokens']} new tokens, greedy; torch {record['torch']}, transformers "
         f"{record['transformers']}, {record['threads']} threads, commit {record['commit']}; "
         f"{record['params'] / 1e6:.1f} M parameters, max_seq_len {record['model']['max_seq_len']}"
-        + (f" ({record['max_seq_len_note']})" if record.get("max_seq_len_note") else "") + ".",
+        + (f" ({record['max_seq_len_note']})" if record.get("max_seq_len_note") else "")
+        + f"; static cache length: {record.get('static_cache_len')}.",
         "",
         "| batch | prompt | entry | TTFT (ms) | decode step (ms) | decode tok/s | e2e tok/s | "
         "decode vs hf | decode vs hf-static | TTFT vs hf | rows = hf | first divergence |",

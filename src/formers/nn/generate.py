@@ -147,8 +147,8 @@ class _StaticSession:
     """A static cache and loop state kept on the model between calls (``model._formers_static``),
     so later generations reuse the same buffers: compiled graphs (and CUDA graphs) are replayed,
     not re-recorded. A call reuses the kept session when its batch size, device and stop tokens
-    are the same and its buffers are long enough (as HF's static cache does); otherwise the
-    session is replaced (one is kept)."""
+    are the same and its buffers are long enough (as HF's static cache does; exactly as long when
+    ``cache_len`` is given); otherwise the session is replaced (one is kept)."""
 
     def __init__(self, model: torch.nn.Module, batch: int, max_len: int, device: torch.device,
                  stop: list[int]) -> None:
@@ -163,10 +163,10 @@ class _StaticSession:
 
 
 def _static_session(model: torch.nn.Module, batch: int, max_len: int, device: torch.device,
-                    stop: list[int]) -> _StaticSession:
+                    stop: list[int], exact: bool = False) -> _StaticSession:
     key = (batch, str(device), tuple(stop))
     sess = model.__dict__.get("_formers_static")
-    if sess is None or sess.key != key or sess.length < max_len:
+    if sess is None or sess.key != key or sess.length < max_len or (exact and sess.length != max_len):
         model.__dict__["_formers_static"] = None  # free the old buffers first
         sess = model.__dict__["_formers_static"] = _StaticSession(model, batch, max_len, device, stop)
     return sess
@@ -176,7 +176,7 @@ def _static_session(model: torch.nn.Module, batch: int, max_len: int, device: to
 def generate(model: torch.nn.Module, ids: torch.Tensor, sampling: SamplingConfig | None = None,
              *, src: torch.Tensor | None = None, generator: torch.Generator | None = None,
              use_cache: bool = True, static_cache: bool = False, compile: bool | dict = False,
-             check_every: int = 16) -> torch.Tensor:
+             cache_len: int | None = None, check_every: int = 16) -> torch.Tensor:
     """Continue ``ids`` (batch, prompt_len) by up to ``max_new_tokens`` tokens.
 
     For an encoder-decoder model pass ``src`` (batch, src_len); ``ids`` is then the decoder prompt
@@ -195,10 +195,14 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, sampling: SamplingConfig
             always ``dynamic=False``; a dict is passed to ``torch.compile`` (e.g.
             ``{"backend": "aot_eager"}``). The prefill runs eagerly. A ``generator`` makes
             sampling a graph break (greedy has none).
+        cache_len: length of the static buffers (prompt + new tokens <= cache_len <= max_seq_len;
+            default: prompt + new tokens rounded up to ``STATIC_ROUND``). One length for calls of
+            different lengths means one compiled graph per batch size.
     Returns (batch, prompt_len + n_new) int64.
     Raises ValueError for an empty prompt, a total length beyond the model's max_seq_len, stop
     tokens outside the vocabulary, ``compile`` without ``static_cache``, ``static_cache`` without
-    ``use_cache``, or a model whose layers cannot use the static cache.
+    ``use_cache``, a bad ``cache_len`` or ``check_every``, or a model whose layers cannot use
+    the static cache.
     """
     s = sampling or SamplingConfig()
     if ids.dim() != 2 or ids.shape[1] == 0:
@@ -221,6 +225,12 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, sampling: SamplingConfig
                          "tensors every step, so every token would be a new graph)")
     if static_cache and not use_cache:
         raise ValueError("generate: static_cache=True needs use_cache=True")
+    if cache_len is not None and (not static_cache or isinstance(cache_len, bool)
+                                  or not isinstance(cache_len, int)
+                                  or not ids.shape[1] + s.max_new_tokens <= cache_len <= max_len):
+        raise ValueError(f"generate: cache_len needs static_cache=True and an int in [prompt_len + "
+                         f"max_new_tokens = {ids.shape[1] + s.max_new_tokens}, max_seq_len = {max_len}], "
+                         f"got {cache_len!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"generate: check_every must be an int >= 1, got {check_every!r}")
     batch, prompt_len, n_new = ids.shape[0], ids.shape[1], s.max_new_tokens
@@ -232,8 +242,8 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, sampling: SamplingConfig
     memory = model.encode(src) if seq2seq else None
 
     if static_cache:
-        length = min(max_len, -(-(prompt_len + n_new) // STATIC_ROUND) * STATIC_ROUND)
-        sess = _static_session(model, batch, length, ids.device, list(s.stop_tokens))
+        length = cache_len or min(max_len, -(-(prompt_len + n_new) // STATIC_ROUND) * STATIC_ROUND)
+        sess = _static_session(model, batch, length, ids.device, list(s.stop_tokens), exact=cache_len is not None)
         cache, st = sess.cache, sess.state
         cache.reset()
     else:
