@@ -13,11 +13,11 @@ here sets or overrides ``NCCL_*``, ``TORCH_SYMM_MEM_*`` or ``NVSHMEM_*``):
 
 * ``single``: rank 0 alone on its GPU (the other ranks wait at a barrier, on their own GPUs),
   no DDP, ``torch.compile`` of (model + loss).
-* ``ddp``: ``torchrun --nproc_per_node N``; ``torch.compile(DDP(model + loss))`` so dynamo's
+* ``ddp``: all N ranks; ``torch.compile(DDP(model + loss))`` so dynamo's
   DDPOptimizer splits the graph at the gradient buckets and all-reduces overlap the backward;
   ``gradient_as_bucket_view=True`` (no gradient copy), bucket size ``--bucket-mb`` (torch's 25 MiB
   default unless given).
-* ``fsdp``: ``torchrun``; FSDP2 (:func:`formers.train.distributed.wrap_fsdp`: per block, then the
+* ``fsdp``: all N ranks; FSDP2 (:func:`formers.train.distributed.wrap_fsdp`: per block, then the
   root; bf16 gather, fp32 reduce-scatter), each block's forward compiled (the FSDP hooks between
   blocks stay eager), embeddings / head / loss eager.
 
