@@ -23,8 +23,9 @@ def train(out: Path, parallel: str, crash: bool = False, resume: bool = False, *
     task = SynthTask(seed=0)
     if crash:
         task = crashing(task, crash_at=HALF)
+    kw = {"dtype": "fp32", **kw}
     cfg = tiny_train_config(max_steps=STEPS, batch_size=4, grad_accum=2, eval_every=2,
-                            checkpoint_every=HALF, dtype="fp32", parallel=parallel, device=DEVICE, **kw)
+                            checkpoint_every=HALF, parallel=parallel, device=DEVICE, **kw)
     try:
         Trainer(task, tiny_model_config(dropout=0.0, bias=False), cfg, out, resume=resume).fit()
     except KeyboardInterrupt:
@@ -46,6 +47,7 @@ if __name__ == "__main__":
     train(root / "w1to2", "ddp", resume=True)             # the test's world-1 run at step 2
     train(root / "fsdp_full", "fsdp", early_stopping=100)  # best/ is gathered and reloaded
     train(root / "fsdp_half", "fsdp", crash=True)
+    train(root / "fsdp_bf16", "fsdp", dtype="bf16")  # bf16 weight gathers, fp32 reduce-scatter
     if rank == 0:
         shutil.copytree(root / "ddp_half", root / "ddp_to_fsdp")
     dist.barrier()

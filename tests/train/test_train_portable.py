@@ -10,6 +10,7 @@ On a machine with 2+ GPUs, ``FORMERS_PORTABLE_DEVICE=cuda`` runs the same checks
 GPU per rank (fp32; weights to 1e-5 there: CUDA kernels may sum in another order per batch shape).
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -102,11 +103,21 @@ def test_ddp_checkpoint_resumes_under_fsdp(runs):
     _same_run(runs / "ddp_to_fsdp", runs / "ddp_full")
 
 
+def test_fsdp_bf16_mixed_precision(runs):
+    # bf16 compute (MixedPrecisionPolicy param_dtype bf16, reduce fp32) follows the fp32 run to bf16
+    # accuracy, and the checkpoint keeps fp32 master weights
+    mb, mf = read_metrics(runs / "fsdp_bf16" / "metrics.jsonl"), read_metrics(runs / "ddp_full" / "metrics.jsonl")
+    assert [r["step"] for r in mb] == [1, 2, 3, 4]
+    diffs = [abs(a["train_loss"] - b["train_loss"]) for a, b in zip(mb, mf)]
+    assert max(diffs) < 0.03 and max(diffs) > 0, diffs  # bf16 differs from fp32, but only a little
+    w = load_file(runs / "fsdp_bf16" / "ckpt" / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in w.values())
+    assert json.loads((runs / "fsdp_bf16" / "summary.json").read_text())["dtype"] == "bf16"
+
+
 def test_fsdp_best_weights_are_gathered(runs):
     # early stopping under FSDP writes best/ from the gathered full weights: a plain model file
     # with the same tensors as the full checkpoint when the best evaluation is the last one
-    import json
-
     summary = json.loads((runs / "fsdp_full" / "summary.json").read_text())
     best = load_file(runs / "fsdp_full" / "best" / "model.safetensors")
     ckpt = load_file(runs / "fsdp_full" / "ckpt" / "model.safetensors")
