@@ -166,7 +166,7 @@ class StaticCache(FullCache):
         mark = getattr(torch._dynamo, "mark_static_address", None)
         if mark is not None:
             for t in (self.k, self.v, self.pos):
-                mark(t)
+                mark(t, guard=False)
 
     def update(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
         """Write k, v (batch, n_kv_heads, new_len, head_dim) at positions ``pos`` (new_len,) int64;
@@ -245,7 +245,7 @@ class KVCache:
             self.position = torch.zeros((), dtype=torch.long, device=device)
             mark = getattr(torch._dynamo, "mark_static_address", None)
             if mark is not None:
-                mark(self.position)
+                mark(self.position, guard=False)
         return self.position
 
     def advance(self, n: int) -> None:

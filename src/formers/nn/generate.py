@@ -159,7 +159,7 @@ class _StaticSession:
         mark = getattr(torch._dynamo, "mark_static_address", None)
         if mark is not None:
             for t in self.state.tensors():
-                mark(t)
+                mark(t, guard=False)
 
 
 def _static_session(model: torch.nn.Module, batch: int, max_len: int, device: torch.device,
