@@ -147,3 +147,15 @@ def test_missing_peer_names_the_extra(monkeypatch):
     with pytest.raises(ValueError, match=r"pip install 'formers\[peers\]'"):
         DecodeBench(DecodeBenchConfig(device="cpu", ours=("eager",)))
     assert main(["bench", "decode", "--device", "cpu", "--ours", "eager", "--quiet"]) == 2
+
+
+def test_bf16_run_rechecks_outputs_in_fp32():
+    pytest.importorskip("transformers")
+    from formers.bench.decode import DecodeBench
+
+    rec = DecodeBench(DecodeBenchConfig(preset="tiny", device="cpu", batch=(2,), prompt=(5,), new_tokens=6,
+                                        ours=("eager",), peers=("hf",), dtype="bf16", repeats=1,
+                                        check_fp32=True)).run()
+    c = rec["configs"][0]
+    assert rec["dtype"] == "bf16" and c["fp32_match_hf"] == {"rows_equal": 2, "rows": 2, "first_divergence": None}
+    assert any("fp32" in g["goal"] for g in rec["goals"])

@@ -227,14 +227,22 @@ class DecodeBench:
     def _hf(self, hf, name: str) -> _Runner:
         import torch
 
-        extra = {"cache_implementation": "static"} if name == "hf-static" else {}
+        extra: dict[str, Any] = {}
+        if name == "hf-static":
+            from transformers import GenerationConfig
+
+            extra["cache_implementation"] = "static"
+            if self.cfg.cache_len and hasattr(GenerationConfig(), "max_cache_len"):
+                extra["max_cache_len"] = self.cfg.cache_len  # the same buffer length as ours
 
         def gen(ids, n):
             return hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                                do_sample=False, use_cache=True, **extra)
 
         note = "transformers GPT2LMHeadModel.generate, sdpa, greedy, " + (
-            "static cache (transformers compiles its forward on CUDA)" if extra else "dynamic cache")
+            "static cache (transformers compiles its forward on CUDA)"
+            + (f", max_cache_len {extra['max_cache_len']}" if "max_cache_len" in extra else "")
+            if extra else "dynamic cache")
         return _Runner(name, gen, note)
 
     # ------------------------------------------------------------------ measure
@@ -324,25 +332,29 @@ class DecodeBench:
                         res["match_hf"] = {"rows_equal": eq, "rows": b, "first_divergence": first}
                 entry = {"batch": b, "prompt": p, "new_tokens": n, "results": results}
                 if self.check_fp32 and hf is not None and "eager" in cfg.ours:
-                    entry["fp32_match_hf"] = self._fp32_check(model, hf, ids, n)
+                    entry["fp32_match_hf"] = self._fp32_check(model, ids, n)
                 configs.append(entry)
         for r in runners:
             if r.name == "hf-static" and r.compiled is None and r.error is None:
                 r.compiled = getattr(hf, "_compiled_call", None) is not None
         return self._record(runners, configs, params, time.perf_counter() - t0)
 
-    def _fp32_check(self, model, hf, ids, n: int) -> dict[str, Any]:
+    def _fp32_check(self, model, ids, n: int) -> dict[str, Any]:
         """Greedy outputs of our eager path and HF's in fp32 (copies of the same weights)."""
-        import copy
-
         import torch
 
+        from formers.bench.hf_weights import to_hf_gpt2
+        from formers.nn import build_model
         from formers.nn.generate import SamplingConfig, generate
 
         if self.dtype == torch.float32:
             return {"skipped": "the run is already fp32"}
-        m32 = copy.deepcopy(model).float()
-        h32 = copy.deepcopy(hf).float()
+        # fresh fp32 copies (not deepcopy: the models hold static caches and compiled callables)
+        m32 = build_model(self.model_cfg).to(self.device).eval()
+        m32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+        h32 = to_hf_gpt2(m32)
+        h32.generation_config.eos_token_id = None
+        h32.generation_config.pad_token_id = 0
         a = generate(m32, ids, SamplingConfig(max_new_tokens=n, temperature=0))
         b = h32.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                          do_sample=False, use_cache=True)
