@@ -223,3 +223,18 @@ def test_baseline_compiles_without_graph_breaks():
     explanation = torch._dynamo.explain(model)(torch.randint(0, cfg.vocab_size, (2, 16)))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_compiled_step_traces_without_graph_breaks():
+    """The harness's compiled loss (model + cross-entropy) of every entry: one graph, no break, a
+    finite loss; a second entry (another variant) compiles its own graph (aot_eager: tracing and
+    autograd only, so the test is fast; the benchmark uses inductor)."""
+    torch._dynamo.reset()
+    cfg = TrainBenchConfig(device="cpu", models=("baseline", "value-residual"), batch_size=2, seq_len=16,
+                           steps=1, warmup=1, repeats=1, compile=True, compile_backend="aot_eager")
+    rec = TrainBench(cfg).run()
+    assert rec["compile"] is True and rec["compile_backend"] == "aot_eager"
+    for r in rec["rows"]:
+        assert r["graph_breaks"] == 0, r["name"]
+        assert r["compiles"] == 1, r["name"]
+        assert r["final_loss"] == pytest.approx(r["final_loss"]) and 0 < r["final_loss"] < 20

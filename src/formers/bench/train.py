@@ -77,6 +77,7 @@ VOCAB_MULTIPLE = 64
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 RECOMPILE_LIMIT = 64  # one graph per entry shares the loss wrapper's code object
 
 
@@ -121,6 +122,8 @@ class TrainBenchConfig(Config):
         repeats: measurement windows per entry, interleaved across entries (>= 1).
         compile: torch.compile the loss (model + cross-entropy); None = on CUDA only.
         compile_mode: torch.compile mode (``default``, ``max-autotune-no-cudagraphs`` ...).
+        compile_backend: torch.compile backend: ``inductor`` (the benchmark), or ``aot_eager`` /
+            ``eager`` (tracing only: graph breaks and recompilations checked cheaply in tests).
         dtype: autocast dtype (``auto``: bf16 on CUDA, fp32 on CPU).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         peak_tflops: device peak for MFU (None: the table; CPU: no MFU).
@@ -143,6 +146,7 @@ class TrainBenchConfig(Config):
     repeats: int = 3
     compile: bool | None = None
     compile_mode: str = "default"
+    compile_backend: str = "inductor"
     dtype: str = "auto"
     device: str = "auto"
     peak_tflops: float | None = None
@@ -181,6 +185,9 @@ class TrainBenchConfig(Config):
             raise ValueError(f"{o}.sdpa_backend must be one of {list(SDPA_BACKENDS)}, got {self.sdpa_backend!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"{o}.compile_mode must be one of {list(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.compile_backend not in COMPILE_BACKENDS:
+            raise ValueError(f"{o}.compile_backend must be one of {list(COMPILE_BACKENDS)}, "
+                             f"got {self.compile_backend!r}")
         if self.peak_tflops is not None and not (isinstance(self.peak_tflops, (int, float))
                                                  and 0 < self.peak_tflops < math.inf):
             raise ValueError(f"{o}.peak_tflops must be a positive number, got {self.peak_tflops!r}")
@@ -348,6 +355,8 @@ class TrainBench:
             self.dtype_name = cfg.dtype
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[self.dtype_name]
         self.compile = self.cuda if cfg.compile is None else cfg.compile
+        self.cudagraphs = (self.compile and self.cuda and cfg.compile_backend == "inductor"
+                           and cfg.compile_mode in ("reduce-overhead", "max-autotune"))
         if self.compile and cfg.warmup < 1:
             raise ValueError("TrainBenchConfig.warmup must be >= 1 when compiling (the first step compiles)")
         self.p = PRESETS[cfg.preset]
@@ -438,13 +447,21 @@ class TrainBench:
             if hasattr(dyn, "accumulated_recompile_limit"):
                 dyn.accumulated_recompile_limit = max(dyn.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
             mode = None if self.cfg.compile_mode == "default" else self.cfg.compile_mode
-            loss = torch.compile(loss, mode=mode)
+            # dynamic=False: every entry gets static-shape kernels; otherwise a second entry whose
+            # weights differ in shape (MatFormer granularities) would recompile the shared loss
+            # wrapper with dynamic dimensions (automatic dynamic shapes) and run other kernels
+            if self.cfg.compile_backend == "inductor":
+                loss = torch.compile(loss, mode=mode, dynamic=False)
+            else:
+                loss = torch.compile(loss, backend=self.cfg.compile_backend, dynamic=False)
         e.loss_fn = loss
 
     def _step(self, e: _Entry, batch) -> Any:
         import torch
 
         ids, targets = batch
+        if self.cudagraphs:  # a new iteration: outputs of the previous replay may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
         with ctx:
             loss = e.loss_fn(ids, targets)
@@ -651,6 +668,7 @@ class TrainBench:
             "model": {k: getattr(self.base, k) for k in ("n_layers", "d_model", "n_heads", "vocab_size",
                                                          "max_seq_len", "position", "norm", "ffn", "tie_embeddings")},
             "compile": self.compile, "compile_mode": cfg.compile_mode if self.compile else None,
+            "compile_backend": cfg.compile_backend if self.compile else None,
             "sdpa_backend": cfg.sdpa_backend, "interleave": cfg.interleave, "steps": cfg.steps,
             "warmup": cfg.warmup, "repeats": cfg.repeats, "seed": cfg.seed,
             "optimizer": f"AdamW(lr={cfg.lr}, betas=(0.9, 0.95), wd=0.1{', fused' if self.cuda else ''})",
