@@ -238,3 +238,12 @@ def test_compiled_step_traces_without_graph_breaks():
         assert r["graph_breaks"] == 0, r["name"]
         assert r["compiles"] == 1, r["name"]
         assert r["final_loss"] == pytest.approx(r["final_loss"]) and 0 < r["final_loss"] < 20
+
+
+def test_time_limit_skips_the_rest_and_keeps_what_ran():
+    cfg = TrainBenchConfig(device="cpu", models=("baseline", "value-residual"), peers=(), batch_size=1,
+                           seq_len=8, steps=1, warmup=1, repeats=1, compile=False, time_limit_s=1e-9)
+    rec = TrainBench(cfg).run()
+    assert [r["name"] for r in rec["rows"]] == ["baseline"] and rec["skipped_time_limit"] == ["value-residual"]
+    with pytest.raises(ValueError, match="time_limit_s"):
+        TrainBenchConfig(time_limit_s=-1.0)

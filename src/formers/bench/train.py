@@ -132,6 +132,9 @@ class TrainBenchConfig(Config):
         threads: torch.set_num_threads (0 = leave). seed: weights and data. lr: AdamW's.
         tag: appended to the result file name (``train_bench-<device>-<preset>-<tag>``), so runs
             of one preset with other models or flags do not overwrite each other.
+        time_limit_s: once this many seconds have passed, entries not yet built are skipped
+            (listed in ``skipped_time_limit``; the first entry always runs) and the built ones are
+            measured and written; 0 = none.
     Raises:
         ValueError: naming the field, the value and what is allowed.
     """
@@ -156,6 +159,7 @@ class TrainBenchConfig(Config):
     seed: int = 0
     lr: float = 3e-4
     tag: str = ""
+    time_limit_s: float = 0.0
 
     def __post_init__(self) -> None:
         from formers.bench.peers import PEERS
@@ -193,6 +197,8 @@ class TrainBenchConfig(Config):
             raise ValueError(f"{o}.peak_tflops must be a positive number, got {self.peak_tflops!r}")
         if self.tag and not all(c.isalnum() or c in "-_." for c in self.tag):
             raise ValueError(f"{o}.tag may hold letters, digits, '-', '_' and '.', got {self.tag!r}")
+        if not (isinstance(self.time_limit_s, (int, float)) and self.time_limit_s >= 0):
+            raise ValueError(f"{o}.time_limit_s must be >= 0 (0 = no limit), got {self.time_limit_s!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"{o}.lr must be > 0, got {self.lr!r}")
 
@@ -570,6 +576,7 @@ class TrainBench:
         if self.cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        self.skipped: list[str] = []
         specs = [("ours", label, name, g) for label, name, g in self.model_specs]
         specs += [("peer", p) for p in cfg.peers]
         batches = self._batches()
@@ -577,6 +584,8 @@ class TrainBench:
         t_start = time.perf_counter()
         if cfg.interleave:
             for spec in specs:
+                if entries and self._out_of_time(t_start, spec):
+                    continue
                 e = self._built(spec)
                 self.say(f"{e.label}: built ({e.params / 1e6:.2f} M parameters), warming up "
                          f"({cfg.warmup} steps{', compiling' if self.compile else ''})")
@@ -590,6 +599,8 @@ class TrainBench:
                     f"{e.label} {e.window_medians[-1] * 1e3:.2f} ms" for e in entries))
         else:
             for spec in specs:
+                if entries and self._out_of_time(t_start, spec):
+                    continue
                 e = self._built(spec)
                 self.say(f"{e.label}: built ({e.params / 1e6:.2f} M parameters), warming up")
                 self._warm(e, batches)
@@ -599,6 +610,15 @@ class TrainBench:
                 entries.append(e)
                 self._free(e)
         return self._record(entries, time.perf_counter() - t_start)
+
+    def _out_of_time(self, t_start: float, spec) -> bool:
+        """True (and the entry recorded as skipped) once ``time_limit_s`` has passed."""
+        limit = self.cfg.time_limit_s
+        if not limit or time.perf_counter() - t_start < limit:
+            return False
+        self.skipped.append(spec[1])
+        self.say(f"{spec[1]}: skipped (time limit {limit:.0f} s passed)")
+        return True
 
     # -------------------------------------------------------------------- record
     def _record(self, entries: list[_Entry], wall: float) -> dict[str, Any]:
@@ -641,7 +661,7 @@ class TrainBench:
                 "final_loss": e.last_loss,
             })
         by = {r["name"]: r for r in rows}
-        refs = [p for p in cfg.peers] + (["baseline"] if "baseline" in by else [])
+        refs = [p for p in cfg.peers if p in by] + (["baseline"] if "baseline" in by else [])
         for r in rows:
             r["ratios"] = {}
             for ref in refs:
@@ -674,7 +694,7 @@ class TrainBench:
             "optimizer": f"AdamW(lr={cfg.lr}, betas=(0.9, 0.95), wd=0.1{', fused' if self.cuda else ''})",
             "data": "random token ids, uniform over the vocabulary, fixed seed (throughput only; nothing is learned)",
             "peak_tflops": peak, "peak_source": peak_src, "params_note": param_notes,
-            "tag": cfg.tag, "wall_s": wall, "config": cfg.to_dict(), "rows": rows,
+            "skipped_time_limit": list(self.skipped), "tag": cfg.tag, "wall_s": wall, "config": cfg.to_dict(), "rows": rows,
         }
         record["goals"] = goals(record)
         return record
