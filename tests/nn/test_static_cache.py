@@ -217,3 +217,14 @@ def test_compiled_static_decode_default_backend():
         got = generate(model, _ids(2, 5), s, static_cache=True, compile=True)
     assert cc.graphs is not None and 1 <= cc.graphs <= 2, cc.reasons
     assert torch.equal(got, generate(model, _ids(2, 5), s))
+
+
+def test_static_generate_encoder_decoder_equals_full_cache():
+    model = _model(_cfg(arch="encoder-decoder"))
+    src, start = _ids(2, 7, seed=5), torch.zeros(2, 1, dtype=torch.long)
+    s = SamplingConfig(max_new_tokens=12, temperature=0)
+    want = generate(model, start, s, src=src)
+    assert torch.equal(generate(model, start, s, src=src, static_cache=True), want)
+    # a second source: the cross-attention keys are recomputed, not kept from the first call
+    src2 = _ids(2, 7, seed=6)
+    assert torch.equal(generate(model, start, s, src=src2, static_cache=True), generate(model, start, s, src=src2))
