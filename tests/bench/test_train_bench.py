@@ -247,3 +247,13 @@ def test_time_limit_skips_the_rest_and_keeps_what_ran():
     assert [r["name"] for r in rec["rows"]] == ["baseline"] and rec["skipped_time_limit"] == ["value-residual"]
     with pytest.raises(ValueError, match="time_limit_s"):
         TrainBenchConfig(time_limit_s=-1.0)
+
+
+def test_matformer_scaling_rows():
+    from formers.bench.train import matformer_scaling
+
+    rows = [{"name": "baseline", "tokens_per_s": 100.0, "flops_per_token": 8.0, "granularity": None},
+            {"name": "matformer@0", "tokens_per_s": 150.0, "flops_per_token": 4.0, "granularity": 0}]
+    (m,) = matformer_scaling({"rows": rows})
+    assert m["speedup_vs_baseline"] == 1.5 and m["flop_ratio"] == 2.0 and m["speedup_over_flop_ratio"] == 0.75
+    assert matformer_scaling({"rows": rows[1:]}) == []
