@@ -497,6 +497,7 @@ def bench_train_cmd(
     seed: int = 0,
     tag: str = "",
     time_limit: float = 0.0,
+    inductor: tuple[str, ...] = (),
     out: Path = Path("benchmarks/results"),
     compare: Optional[Path] = None,
     quiet: bool = False,
@@ -525,6 +526,7 @@ def bench_train_cmd(
             time, freed in between).
         tag: appended to the result file name (train_bench-DEVICE-PRESET-TAG).
         time_limit: seconds; entries not built by then are skipped and the others measured and written (0: none).
+        inductor: torch._inductor.config settings KEY=VALUE for this run, e.g. coordinate_descent_tuning=true.
         compare: a stored train_bench JSON; prints the per-row change.
     """
     from formers.bench.train import (TrainBenchConfig, compare_records, read_record, run_bench,
@@ -539,7 +541,7 @@ def bench_train_cmd(
                            compile=True if compile else (False if no_compile else None),
                            compile_mode=compile_mode, dtype=dtype, device=device, peak_tflops=peak_tflops,
                            sdpa_backend=sdpa_backend, interleave=interleave, threads=threads, seed=seed,
-                           tag=tag, time_limit_s=time_limit)
+                           tag=tag, time_limit_s=time_limit, inductor=inductor)
     progress = None if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     record, paths = run_bench(cfg, out, progress)
     print(table_markdown(record))

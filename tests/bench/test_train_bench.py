@@ -118,6 +118,8 @@ def test_presets_and_param_counts():
     (dict(models=(), peers=()), "nothing to run"),
     (dict(peak_tflops=0.0), "peak_tflops"),
     (dict(tag="a/b"), "tag"),
+    (dict(inductor=("no_such_setting=1",)), "no setting"),
+    (dict(inductor=("coordinate_descent_tuning",)), "KEY=VALUE"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -257,3 +259,10 @@ def test_matformer_scaling_rows():
     (m,) = matformer_scaling({"rows": rows})
     assert m["speedup_vs_baseline"] == 1.5 and m["flop_ratio"] == 2.0 and m["speedup_over_flop_ratio"] == 0.75
     assert matformer_scaling({"rows": rows[1:]}) == []
+
+
+def test_inductor_settings_parse():
+    from formers.bench.train import inductor_settings
+
+    assert inductor_settings(("coordinate_descent_tuning=true", "triton.cudagraphs=false")) == {
+        "coordinate_descent_tuning": True, "triton.cudagraphs": False}

@@ -132,6 +132,8 @@ class TrainBenchConfig(Config):
         threads: torch.set_num_threads (0 = leave). seed: weights and data. lr: AdamW's.
         tag: appended to the result file name (``train_bench-<device>-<preset>-<tag>``), so runs
             of one preset with other models or flags do not overwrite each other.
+        inductor: ``KEY=VALUE`` settings of ``torch._inductor.config`` for this run (e.g.
+            ``coordinate_descent_tuning=true``); values read as YAML scalars; unknown keys rejected.
         time_limit_s: once this many seconds have passed, entries not yet built are skipped
             (listed in ``skipped_time_limit``; the first entry always runs) and the built ones are
             measured and written; 0 = none.
@@ -160,6 +162,7 @@ class TrainBenchConfig(Config):
     lr: float = 3e-4
     tag: str = ""
     time_limit_s: float = 0.0
+    inductor: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from formers.bench.peers import PEERS
@@ -197,10 +200,37 @@ class TrainBenchConfig(Config):
             raise ValueError(f"{o}.peak_tflops must be a positive number, got {self.peak_tflops!r}")
         if self.tag and not all(c.isalnum() or c in "-_." for c in self.tag):
             raise ValueError(f"{o}.tag may hold letters, digits, '-', '_' and '.', got {self.tag!r}")
+        self.inductor = tuple(self.inductor)
+        inductor_settings(self.inductor)  # validates
         if not (isinstance(self.time_limit_s, (int, float)) and self.time_limit_s >= 0):
             raise ValueError(f"{o}.time_limit_s must be >= 0 (0 = no limit), got {self.time_limit_s!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"{o}.lr must be > 0, got {self.lr!r}")
+
+
+def inductor_settings(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("KEY=VALUE", ...)`` -> {key: value} for ``torch._inductor.config`` (values parsed as YAML
+    scalars: ``true``, ``4``, ``max-autotune``). Raises ValueError for a malformed item or a key
+    that ``torch._inductor.config`` does not have."""
+    if not items:
+        return {}
+    import yaml
+    from torch._inductor import config as inductor_config
+
+    out = {}
+    for it in items:
+        key, eq, value = it.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"TrainBenchConfig.inductor: expected KEY=VALUE, got {it!r}")
+        obj = inductor_config
+        *path, last = key.split(".")
+        for part in path:
+            obj = getattr(obj, part, None)
+        if obj is None or not hasattr(obj, last):
+            raise ValueError(f"TrainBenchConfig.inductor: torch._inductor.config has no setting {key!r}")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ entries
@@ -576,6 +606,14 @@ class TrainBench:
         if self.cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        for key, value in inductor_settings(cfg.inductor).items():
+            from torch._inductor import config as inductor_config
+
+            obj = inductor_config
+            *path, last = key.split(".")
+            for part in path:
+                obj = getattr(obj, part)
+            setattr(obj, last, value)
         self.skipped: list[str] = []
         specs = [("ours", label, name, g) for label, name, g in self.model_specs]
         specs += [("peer", p) for p in cfg.peers]
@@ -689,7 +727,8 @@ class TrainBench:
                                                          "max_seq_len", "position", "norm", "ffn", "tie_embeddings")},
             "compile": self.compile, "compile_mode": cfg.compile_mode if self.compile else None,
             "compile_backend": cfg.compile_backend if self.compile else None,
-            "sdpa_backend": cfg.sdpa_backend, "interleave": cfg.interleave, "steps": cfg.steps,
+            "sdpa_backend": cfg.sdpa_backend, "inductor": inductor_settings(cfg.inductor),
+            "interleave": cfg.interleave, "steps": cfg.steps,
             "warmup": cfg.warmup, "repeats": cfg.repeats, "seed": cfg.seed,
             "optimizer": f"AdamW(lr={cfg.lr}, betas=(0.9, 0.95), wd=0.1{', fused' if self.cuda else ''})",
             "data": "random token ids, uniform over the vocabulary, fixed seed (throughput only; nothing is learned)",
