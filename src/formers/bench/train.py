@@ -615,8 +615,10 @@ class TrainBench:
                 obj = getattr(obj, part)
             setattr(obj, last, value)
         self.skipped: list[str] = []
-        specs = [("ours", label, name, g) for label, name, g in self.model_specs]
-        specs += [("peer", p) for p in cfg.peers]
+        ours = [("ours", label, name, g) for label, name, g in self.model_specs]
+        # build order: our first model, the peers, then our other models, so that a time limit
+        # drops variants before the peers every ratio refers to
+        specs = ours[:1] + [("peer", p) for p in cfg.peers] + ours[1:]
         batches = self._batches()
         entries: list[_Entry] = []
         t_start = time.perf_counter()
