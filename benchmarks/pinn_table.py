@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("pinn_table: --device cuda but CUDA is not available (use --device cpu)")
     if a.smoke:
         a.grid, a.width, a.steps = a.grid or 9, a.width or 16, a.steps or 3
-    targets = {p: a.steps or PROBLEMS[p].steps for p in pdes}
+    targets = {p: a.steps or PROBLEMS[p].steps for p in PDES}
     import torch
 
     tag = "smoke" if a.smoke else (torch.cuda.get_device_name(0).replace(" ", "_") if device.startswith("cuda")
@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{res['pde']:>10} {res['model']:>11}: {res['steps']}/{res['target']} steps, "
                   f"rMAE {res.get('rMAE')}" + (f", ERROR {res['error']}" if "error" in res else ""), flush=True)
             errors += ["error" in res]
-    rows = collect(runs, pdes, models, targets)
+    # every run folder present, not only this call's: a rerun of a subset keeps the whole table
+    rows = collect(runs, PDES, MODELS, targets)
     from formers.train.trainer import git_commit
 
     result = {"benchmark": "pinn_table", "paper": "arXiv 2307.11833 Table 2 / reference notebooks",
