@@ -57,6 +57,19 @@ from formers.train.schedule import lr_at, set_lr
 from formers.train.task import Task, check_same_task, task_record
 
 
+class TaskLoss(torch.nn.Module):
+    """``task.loss(model, batch)`` as a module, so that DDP and ``torch.compile`` wrap the model
+    *and* its loss: the loss (e.g. the LM head's cross-entropy over (batch x seq, vocab) logits)
+    is then compiled with the model instead of running eagerly on full-size fp32 logits."""
+
+    def __init__(self, task: Task, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.task, self.model = task, model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.task.loss(self.model, batch)
+
+
 class TrainingDiverged(ValueError):
     """The training loss became NaN or infinite; nothing after the last checkpoint is saved."""
 
@@ -293,14 +306,15 @@ class Trainer:
                 self._check_resume(state)
                 self._say(f"resuming from {ckpt} at step {self.start_step}")
 
+        # train_model(batch) -> loss: model + task loss, under DDP / compile as configured
         if self.fsdp:
             self.ddp = self.model
             if cfg.compile:  # FSDP2 + compile: each block's forward compiled; the all-gather /
                 for unit in D.shard_units(self.model):  # reduce-scatter hooks around it stay eager
                     unit.forward = torch.compile(unit.forward)
-            self.train_model = self.model
+            self.train_model = TaskLoss(self.task, self.model)
         else:
-            self.ddp = D.wrap_ddp(self.model, info, device)
+            self.ddp = D.wrap_ddp(TaskLoss(self.task, self.model), info, device)
             self.train_model = torch.compile(self.ddp) if cfg.compile else self.ddp
 
     # Fields a resumed run may change: the budget and how the run is watched or executed. Any other
@@ -534,7 +548,7 @@ class Trainer:
         with D.sync_context(self.ddp, sync=micro == cfg.grad_accum - 1):
             with self._autocast():
                 # the model's auxiliary losses (MoE load balancing) join every task's loss
-                loss = self.task.loss(self.train_model, batch) + aux_loss(self.model)
+                loss = self.train_model(batch) + aux_loss(self.model)
             (loss / cfg.grad_accum).backward()
         return loss.detach().float()
 
