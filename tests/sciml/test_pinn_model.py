@@ -89,6 +89,65 @@ def test_reference_initialisation():
     assert m.head[2].weight.abs().max() <= math.sqrt(6 / 1024)  # xavier on 512 x 512
 
 
+def _reference_layout_init(seed: int, d: int, d_ff: int, d_hidden: int, n_layers: int) -> dict:
+    """The reference's initial weights, rebuilt from torch modules in the reference's construction
+    order (embedding; one encoder layer = MultiheadAttention then a 3-layer feed-forward, deep-copied
+    n_layers times; the same for the decoder; the head), then ``apply`` of xavier / bias 0.01 on
+    every nn.Linear; returned under this project's parameter names (in_proj split into q, k, v)."""
+    import copy
+
+    from torch import nn
+
+    def mlp(a, w, b):
+        return nn.Sequential(nn.Linear(a, w), nn.Identity(), nn.Linear(w, w), nn.Identity(), nn.Linear(w, b))
+
+    def stack():
+        layer = nn.ModuleDict({"attn": nn.MultiheadAttention(d, 2, batch_first=True), "ff": mlp(d, d_ff, d)})
+        return nn.ModuleList(copy.deepcopy(layer) for _ in range(n_layers))
+
+    torch.manual_seed(seed)
+    ref = nn.ModuleDict({"emb": nn.Linear(2, d), "enc": stack(), "dec": stack(), "out": mlp(d, d_hidden, 1)})
+
+    def init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            m.bias.data.fill_(0.01)
+
+    ref.apply(init_weights)
+    out = {"embed.weight": ref["emb"].weight, "embed.bias": ref["emb"].bias}
+    for ours, theirs in (("encoder", "enc"), ("decoder", "dec")):
+        for i, layer in enumerate(ref[theirs]):
+            a = layer["attn"]
+            for j, p in enumerate("qkv"):
+                out[f"{ours}.{i}.attn.{p}.weight"] = a.in_proj_weight[j * d:(j + 1) * d]
+                out[f"{ours}.{i}.attn.{p}.bias"] = a.in_proj_bias[j * d:(j + 1) * d]
+            out[f"{ours}.{i}.attn.o.weight"], out[f"{ours}.{i}.attn.o.bias"] = a.out_proj.weight, a.out_proj.bias
+            for j in (0, 2, 4):
+                out[f"{ours}.{i}.ff.{j}.weight"], out[f"{ours}.{i}.ff.{j}.bias"] = layer["ff"][j].weight, layer["ff"][j].bias
+    for j in (0, 2, 4):
+        out[f"head.{j}.weight"], out[f"head.{j}.bias"] = ref["out"][j].weight, ref["out"][j].bias
+    return out
+
+
+@pytest.mark.parametrize("seed,d,d_ff,d_hidden,n_layers", [(0, 32, 256, 512, 1), (3, 8, 16, 24, 2)])
+def test_initial_weights_are_the_references_draw_for_draw(seed, d, d_ff, d_hidden, n_layers):
+    # the same seed must give the reference's initial weights exactly: at the paper's size the
+    # reaction problem converges from the reference's seed-0 draw and stalls in the trivial
+    # solution (rMAE 0.98) from other draws, e.g. the one a layout-order init gave at seed 0
+    want = _reference_layout_init(seed, d, d_ff, d_hidden, n_layers)
+    rng_after_reference = torch.get_rng_state()
+    torch.manual_seed(seed)
+    m = build_pinn(pinn_config("pinnsformer", d_model=d, d_ff=d_ff, d_hidden=d_hidden, n_layers=n_layers))
+    assert torch.equal(torch.get_rng_state(), rng_after_reference)  # the same number of draws
+    got = {k: v for k, v in m.state_dict().items() if "omega" not in k}
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert torch.equal(got[k], want[k].detach()), k
+    if n_layers > 1:  # deep-copied reference layers share their construction draws (in_proj)
+        assert torch.equal(m.encoder[0].attn.q.weight, m.encoder[1].attn.q.weight)
+        assert not torch.equal(m.encoder[0].ff[0].weight, m.encoder[1].ff[0].weight)
+
+
 def test_output_shape_and_each_step_depends_on_its_own_time():
     torch.manual_seed(0)
     m = small()

@@ -100,6 +100,22 @@ def test_lbfgs_resume_is_exact(tmp_path):
     assert (out_split / "ckpt" / "model.safetensors").read_bytes() == (out_full / "ckpt" / "model.safetensors").read_bytes()
 
 
+def test_lbfgs_resumed_after_every_step_is_exact(tmp_path):
+    # 4 steps in one call == 4 calls of one step each (3 resumes): weights, the whole L-BFGS state
+    # (history tensors, d, H_diag, prev_flat_grad; n_iter, func_evals, t, prev_loss) and the losses
+    from safetensors.torch import load_file
+
+    _, recs_full, out_full = _fit(tmp_path, "full", 4)
+    for s in range(1, 5):
+        _, recs_split, out_split = _fit(tmp_path, "split", s, resume=s > 1)
+    assert [r["train_loss"] for r in recs_split] == [r["train_loss"] for r in recs_full]
+    a, b = (load_file(str(o / "ckpt" / "optimizer.safetensors")) for o in (out_full, out_split))
+    assert sorted(a) == sorted(b) and len(a) > 10 and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = (json.loads((o / "ckpt" / "state.json").read_text())["optimizer"]["scalars"] for o in (out_full, out_split))
+    assert sa == sb and sa["0"]["n_iter"] > 4
+    assert (out_split / "ckpt" / "model.safetensors").read_bytes() == (out_full / "ckpt" / "model.safetensors").read_bytes()
+
+
 def test_lbfgs_history_round_trips_through_a_checkpoint(tmp_path):
     torch.manual_seed(0)
     task = make_task("pinn-reaction", options={"grid": 5})
