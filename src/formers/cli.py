@@ -186,8 +186,11 @@ def train_cmd(
         print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, indent=2))
 
 
-def _run_task(run: Path):
-    """The task and model of a run folder (written by the trainer)."""
+def _run_task(run: Path, require: Optional[type] = None, why: str = ""):
+    """The task and model of a run folder (written by the trainer). ``require``: a task class
+    the run's task must be (checked from config.yaml before the task and its data are built;
+    ``why`` starts the error)."""
+    from formers.registry import get
     from formers.train.checkpoint import find_checkpoint, verify_checkpoint
     from formers.train.task import check_same_task, make_task
 
@@ -200,6 +203,8 @@ def _run_task(run: Path):
     if not isinstance(desc, dict) or "task" not in desc:
         raise ValueError(f"{cfg_path} has no task section: is {run} a formers run folder?")
     seed = cfg.get("train", {}).get("seed", 0)
+    if require is not None and not issubclass(get("task", desc["task"]).obj, require):
+        raise ValueError(f"{why}; {run} is a run of task {desc['task']!r}")
     task = make_task(desc["task"], seed, desc.get("options", {}))
     check_same_task(desc, task, f"{run} cannot be evaluated as it was trained")
     ckpt = find_checkpoint(run)
@@ -256,7 +261,7 @@ def generate_cmd(
 
     _load_all()
     dev = resolve_device(device)
-    task, model, _ = _run_task(run)
+    task, model, _ = _run_task(run, LMTask, "generate continues text with a byte-level LM")
     if not isinstance(task, LMTask):
         raise ValueError(f"generate continues text with a byte-level LM; {run} is a run of task "
                          f"{type(task).__name__}")
@@ -390,12 +395,14 @@ def _compare_one(task: str, models: Optional[str], seeds: int, flags, cfg_file: 
     the YAML train section and the flags on top."""
     from formers.bench.compare import compare
     from formers.registry import get
-    from formers.train.task import make_task_for
+    from formers.train.task import check_variant, make_task_for
 
     names = ([m.strip() for m in models.split(",")] if models is not None
              else list(get("task", task).obj.default_models))
     if len(names) != len(dict.fromkeys(names)):
         raise ValueError(f"compare: models {names} name a model more than once")
+    for m in names:  # every name before any task builds (and perhaps generates) its data
+        check_variant(task, m)
     trains = {m: _train_config(make_task_for(task, 0, options, m), flags, cfg_file.get("train", {}), m)
               for m in names}
     overrides = {**cfg_file.get("model", {}), **_pairs(set, "--set")}

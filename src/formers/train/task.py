@@ -32,6 +32,9 @@ class Task(ABC):
             on validation here (e.g. forecasting: ``metric = test_mse``, ``select_metric = val_mse``).
         report_metrics: further metrics ``formers compare`` tabulates beside ``metric`` (mean ± std).
         default_models: the variants ``formers compare TASK`` runs when none are named.
+        model_kind: the registry kind of the task's model variants (e.g. ``surrogate``) when the
+            task's constructor does costly work (loading or generating data): :func:`check_variant`
+            then rejects an unknown ``--model`` before the task is built. None: not checked early.
     """
 
     metric: ClassVar[str] = "val_loss"
@@ -39,6 +42,7 @@ class Task(ABC):
     select_metric: ClassVar[str | None] = None
     report_metrics: ClassVar[tuple[str, ...]] = ()
     default_models: ClassVar[tuple[str, ...]] = ("baseline",)
+    model_kind: ClassVar[str | None] = None
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -176,11 +180,23 @@ def check_same_task(saved: dict[str, Any] | None, task: Task, what: str) -> None
                          f"run {[saved.get(k) for k in keys]!r:.300}); its numbers would not be comparable")
 
 
-def make_task_for(name: str, seed: int, options: dict[str, Any] | None, variant: str) -> Task:
-    """:func:`make_task` for training model ``variant``: the task class's
-    :meth:`Task.recipe_options` for the variant, with the user's ``options`` on top."""
+def check_variant(name: str, variant: str) -> None:
+    """Raise ``ValueError`` (naming the registered ones) when task ``name`` declares a
+    ``model_kind`` and ``variant`` is not registered under it; cheap, before any data is read."""
     from formers.registry import get
 
+    kind = get("task", name).obj.model_kind
+    if kind is not None:
+        get(kind, variant)
+
+
+def make_task_for(name: str, seed: int, options: dict[str, Any] | None, variant: str) -> Task:
+    """:func:`make_task` for training model ``variant``: the task class's
+    :meth:`Task.recipe_options` for the variant, with the user's ``options`` on top. An unknown
+    ``variant`` of a task with a ``model_kind`` raises ``ValueError`` before the task is built."""
+    from formers.registry import get
+
+    check_variant(name, variant)
     options = dict(options or {})
     return make_task(name, seed, {**get("task", name).obj.recipe_options(variant, options), **options})
 

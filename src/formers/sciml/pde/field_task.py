@@ -70,6 +70,7 @@ class FieldForecastTask(Task):
     select_metric = "val_rollout_rel_l2"
     report_metrics = ("test_one_step_rel_l2", "val_rollout_rel_l2")
     lower_is_better = True
+    model_kind = "surrogate"  # an unknown --model fails before the data are generated
     name: ClassVar[str] = ""
     n_dims: ClassVar[int] = 2
     channels: ClassVar[int] = 1
