@@ -24,6 +24,8 @@ def test_list_and_info(capsys):
     assert main(["list", "model"]) == 0
     out = capsys.readouterr().out
     assert "baseline" in out and "rope" in out and "gqa" in out
+    assert main(["list", "task"]) == 0  # tasks show their --opt names and defaults
+    assert "horizon=None" in capsys.readouterr().out.replace(" ", "").replace("\n", "").replace("│", "")
     assert main(["info"]) == 0
     assert "sdpa/math" in capsys.readouterr().out
 
@@ -46,6 +48,11 @@ def test_train_eval_generate_resume(tmp_path, text_dir, capsys):
     one = capsys.readouterr().out
     assert main([*greedy, "--max-new-tokens", "5", "--stop-tokens", *map(str, range(256))]) == 0
     assert capsys.readouterr().out == one
+    # the static cache gives the same greedy text as the growing one
+    assert main([*greedy, "--max-new-tokens", "12"]) == 0
+    grown = capsys.readouterr().out
+    assert main([*greedy, "--max-new-tokens", "12", "--static-cache"]) == 0
+    assert capsys.readouterr().out == grown
     # an existing run is refused without --resume; with --resume and a larger budget it continues
     assert main(["train", "lm", "--data", str(text_dir), "--out", str(run), *TINY]) == 2
     assert "--resume" in capsys.readouterr().err

@@ -115,11 +115,22 @@ def list_cmd(kind: tyro.conf.Positional[Optional[str]] = None) -> None:
     _load_all()
     table = Table(title="formers registry" + (f": {kind}" if kind else ""))
     console = Console() if sys.stdout.isatty() else Console(width=200)  # piped: do not squeeze
-    for col in ("kind", "name", "summary", "paper", "capabilities", "backend"):
+    tasks = kind == "task"  # tasks also show their --opt names and defaults
+    for col in ("kind", "name", "summary", "paper", "capabilities", "backend") + (("options (--opt)",) if tasks else ()):
         table.add_column(col, overflow="fold")
     for e in registry.entries(kind):
-        table.add_row(*registry.as_row(e).values())
+        table.add_row(*registry.as_row(e).values(), *((_task_option_list(e.obj),) if tasks else ()))
     console.print(table)
+
+
+def _task_option_list(cls: type) -> str:
+    """``name=default`` for each keyword a task class takes (what ``--opt`` accepts)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters.values()
+    return ", ".join(f"{p.name}={p.default!r}" if p.default is not inspect.Parameter.empty else p.name
+                     for p in params if p.name not in ("self", "seed")
+                     and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 def info_cmd() -> None:
@@ -243,6 +254,8 @@ def generate_cmd(
     stop_tokens: tuple[int, ...] = (),
     seed: int = 0,
     device: str = "cpu",
+    static_cache: bool = False,
+    compile: bool = False,
 ) -> None:
     """Continue PROMPT with a trained byte-level LM (a run folder's latest checkpoint).
 
@@ -250,6 +263,9 @@ def generate_cmd(
         max_new_tokens: default: fill the model's context (max_seq_len - prompt length).
         temperature: 0 = greedy. top_k: 0 = off. top_p: 1.0 = off (nucleus sampling below 1).
         stop_tokens: token ids that end generation (bytes: e.g. 10 for a newline).
+        static_cache: fixed-size key/value buffers written in place (the same tokens as the
+            default growing cache; see formers.nn.generate).
+        compile: compile the per-token step (needs --static-cache; CUDA graphs on CUDA).
     """
     import torch
 
@@ -278,7 +294,9 @@ def generate_cmd(
                        stop_tokens=list(stop_tokens))
     g = torch.Generator(device=dev).manual_seed(seed)
     x = torch.tensor([ids], device=dev)
-    out = generate(model.to(dev), x, s, generator=g)
+    # a generator makes sampling a graph break under compile; greedy needs none
+    gen = None if compile and temperature == 0 else g
+    out = generate(model.to(dev), x, s, generator=gen, static_cache=static_cache, compile=compile)
     print(tok.decode(out[0]))
 
 

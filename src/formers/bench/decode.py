@@ -201,7 +201,7 @@ class DecodeBench:
             try:
                 require_peer("hf")
             except ImportError as e:  # a bad setting for the command line: ValueError, exit 2
-                raise ValueError(str(e)) from None
+                raise ValueError(f"{e} (or pass --peers '' to time ours only)") from None
 
     # ------------------------------------------------------------------ entries
     def _ours(self, model, name: str) -> _Runner:

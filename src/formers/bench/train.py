@@ -401,13 +401,13 @@ class TrainBench:
         self.seq_len = self.base.max_seq_len
         # everything that can fail on the arguments fails before any model is built
         self.model_specs = expand_models(cfg.models, self.base)
-        from formers.bench.peers import require_peer, INSTALL_HINT
+        from formers.bench.peers import require_peer
 
         for p in cfg.peers:
             try:
                 require_peer(p)
             except ImportError as e:
-                raise ValueError(f"{e} (or drop --peers {p}); install with {INSTALL_HINT}") from None
+                raise ValueError(f"{e} (or drop --peers {p})") from None
 
     # -------------------------------------------------------------------- building
     def _batches(self):
