@@ -150,3 +150,12 @@ def test_non_finite_loss_stops_training(tmp_path):
 
     with pytest.raises(TrainingDiverged, match="diverged"):
         Trainer(task, tiny_model_config(), tiny_train_config(max_steps=3), tmp_path / "r").fit()
+
+
+def test_log_file_gets_one_line_per_evaluation(tmp_path, capsys):
+    """Without a terminal (a log file, a GPU job) the live bar shows nothing: each evaluation prints a line."""
+    torch.set_num_threads(1)
+    tc = tiny_train_config(max_steps=4, eval_every=2, checkpoint_every=4).replace(quiet=False)
+    Trainer(SynthTask(), tiny_model_config(), tc, tmp_path / "run").fit()
+    err = capsys.readouterr().err
+    assert "step 2/4  train_loss" in err and "step 4/4  train_loss" in err and "val_loss" in err

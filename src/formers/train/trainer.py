@@ -615,6 +615,10 @@ class Trainer:
                     last_eval = self._evaluate(done)
                     if last_eval is not None:
                         rec.update(last_eval)
+                    if self.console is not None and not self.console.is_terminal:  # a log file: no live bar
+                        shown = {k: v for k, v in (last_eval or {}).items() if isinstance(v, float)}
+                        self._say(f"step {done}/{cfg.max_steps}  train_loss {last_loss:.4g}  " + "  ".join(
+                            f"{k} {v:.4g}" for k, v in list(shown.items())[:4]))
                 stop = bool(cfg.early_stopping) and self.bad_evals >= cfg.early_stopping
                 if stop:
                     self.stopped = done
