@@ -35,4 +35,3 @@ def test_compiled_step_includes_the_loss_and_matches_eager(tmp_path, monkeypatch
     assert max(abs(a - b) for a, b in zip(eager, comp)) < 1e-5
     assert graphs and any("cross_entropy" in g for g in graphs), "the task loss is not in the compiled graph"
     torch._dynamo.reset()
-
