@@ -294,9 +294,9 @@ def generate_cmd(
                        stop_tokens=list(stop_tokens))
     g = torch.Generator(device=dev).manual_seed(seed)
     x = torch.tensor([ids], device=dev)
-    # a generator makes sampling a graph break under compile; greedy needs none
-    gen = None if compile and temperature == 0 else g
-    out = generate(model.to(dev), x, s, generator=gen, static_cache=static_cache, compile=compile)
+    # greedy draws nothing (and under compile a generator would be a graph break)
+    out = generate(model.to(dev), x, s, generator=g if temperature > 0 else None,
+                   static_cache=static_cache, compile=compile)
     print(tok.decode(out[0]))
 
 

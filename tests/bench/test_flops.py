@@ -201,15 +201,20 @@ def test_value_residual_and_dwa_extras_by_hand():
     assert f(base.replace(residual="dwa", dwa_dilation=2, dwa_period=3)) - plain == 2 * 32 * N * (2 + 4)
 
 
+def _on_reference_path(m):
+    """``m`` with every attention on its reference path (explicit matmuls the counter sees)."""
+    for mod in m.modules():
+        if getattr(mod, "backend", None) in ("auto", "sdpa"):
+            mod.backend = "reference"
+    return m
+
+
 def test_whole_models_equal_the_counter_on_the_reference_path():
     base = ModelConfig(d_model=32, n_heads=4, n_layers=3, max_seq_len=96, vocab_size=100)
     for name in ("baseline", "denseformer", "svformer", "llama", "lowrank", "gqa", "kv-attention"):
         cfg = registry.get("model", name).obj(base)
         torch.manual_seed(0)
-        m = build_model(cfg).eval()
-        for mod in m.modules():
-            if getattr(mod, "backend", None) in ("auto", "sdpa"):
-                mod.backend = "reference"
+        m = _on_reference_path(build_model(cfg).eval())
         ids = torch.randint(0, 100, (1, N), generator=torch.Generator().manual_seed(0))
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             m(ids)
@@ -279,10 +284,7 @@ def test_encoder_decoder_counts_both_stacks_and_cross_attention():
     cfg = ModelConfig(arch="encoder-decoder", d_model=32, n_heads=4, n_layers=2, max_seq_len=96,
                       vocab_size=100)
     torch.manual_seed(0)
-    m = build_model(cfg).eval()
-    for mod in m.modules():
-        if getattr(mod, "backend", None) in ("auto", "sdpa"):
-            mod.backend = "reference"
+    m = _on_reference_path(build_model(cfg).eval())
     ids = torch.randint(0, 100, (1, N), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         m(ids, ids)  # seq_len source and seq_len target tokens

@@ -61,7 +61,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from formers.atomic import atomic_write, write_json, write_text
+from formers.atomic import atomic_write
+from formers.bench.results import write_result_files
 
 BASELINE = "sdpa"
 MODES = ("fwd", "fwd+bwd")
@@ -786,12 +787,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 def write_results(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """``attention_scaling-<device>[-causal].{json,md,png}`` in ``out_dir``, each written atomically."""
     stem = f"attention_scaling-{result['device_tag']}" + ("-causal" if result["causal"] else "")
-    out_dir = Path(out_dir)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png"}
-    write_json(paths["json"], result)
-    write_text(paths["md"], table_markdown(result))
-    plot(result, paths["png"])
-    return paths
+    return write_result_files(out_dir, stem, result, table_markdown, plot)
 
 
 __all__ = ["AttentionBenchConfig", "sweep", "summarise", "crossover", "loglog_slope", "table_markdown",

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from formers.atomic import write_json, write_text
+from formers.bench.results import write_result_files
 from formers.config import Config
 
 OURS = ("eager", "static", "compiled")
@@ -487,12 +487,7 @@ def result_stem(record: dict[str, Any]) -> str:
 
 def write_results(record: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """``decode_bench-<device>-<preset>.{json,md}`` in ``out_dir``, each written atomically."""
-    out_dir = Path(out_dir)
-    stem = result_stem(record)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    write_json(paths["json"], record)
-    write_text(paths["md"], table_markdown(record))
-    return paths
+    return write_result_files(out_dir, result_stem(record), record, table_markdown)
 
 
 def run_bench(cfg: DecodeBenchConfig, out: Path | None, progress: Callable[[str], None] | None = None

@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from formers.atomic import atomic_write, write_json, write_text
+from formers.atomic import atomic_write
+from formers.bench.results import write_result_files
 from formers.config import Config
 
 GPT2_VOCAB = 50257
@@ -872,13 +873,7 @@ def result_stem(record: dict[str, Any]) -> str:
 
 def write_results(record: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """``train_bench-<device>-<preset>.{json,md,png}`` in ``out_dir``, each written atomically."""
-    out_dir = Path(out_dir)
-    stem = result_stem(record)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png"}
-    write_json(paths["json"], record)
-    write_text(paths["md"], table_markdown(record))
-    plot(record, paths["png"])
-    return paths
+    return write_result_files(out_dir, result_stem(record), record, table_markdown, plot)
 
 
 def compare_records(old: dict[str, Any], new: dict[str, Any]) -> str:

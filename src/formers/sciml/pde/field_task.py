@@ -79,10 +79,11 @@ class FieldForecastTask(Task):
 
     def setup(self, options: dict[str, Any], make_spec: Callable[[], FieldDataSpec], quiet: bool = False) -> None:
         """Check the common options, build the data spec (``make_spec()``: the solver's checks),
-        load (or generate) its data and split it.
+        load (or generate) its data and split it. ``options``: the subclass constructor's
+        ``locals()`` (``self``, ``seed``, ``quiet`` and ``__class__`` are dropped here).
 
         Raises ValueError naming a bad option (before any work) or data holding NaN/inf."""
-        o = options
+        o = {k: v for k, v in options.items() if k not in ("self", "seed", "quiet", "__class__")}
         data = o.get("data")
         if isinstance(data, (list, tuple)):
             if len(data) != 1:

@@ -69,9 +69,6 @@ class KolmogorovTask(FieldForecastTask):
                  pushforward_every: int = 3, data: str | list[str] | None = None,
                  gen_device: str = "auto", quiet: bool = False) -> None:
         super().__init__(seed)
-        options = dict(locals())
-        for key in ("self", "seed", "quiet", "__class__"):
-            options.pop(key, None)
-        self.setup(options, lambda: KolmogorovDataSpec(
+        self.setup(dict(locals()), lambda: KolmogorovDataSpec(
             grid=grid, n_trajectories=n_train + n_val + n_test, n_frames=n_frames, record_dt=record_dt,
             burn_in=burn_in, dt=dt, nu=nu, forcing_wavenumber=forcing_wavenumber, seed=data_seed), quiet)

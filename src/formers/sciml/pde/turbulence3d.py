@@ -60,9 +60,6 @@ class Turbulence3DTask(FieldForecastTask):
                  pushforward_after: int = 0, pushforward_every: int = 0,
                  data: str | list[str] | None = None, gen_device: str = "auto", quiet: bool = False) -> None:
         super().__init__(seed)
-        options = dict(locals())
-        for key in ("self", "seed", "quiet", "__class__"):
-            options.pop(key, None)
-        self.setup(options, lambda: Turbulence3DDataSpec(
+        self.setup(dict(locals()), lambda: Turbulence3DDataSpec(
             grid=grid, n_trajectories=n_train + n_val + n_test, n_frames=n_frames, record_dt=record_dt,
             burn_in=burn_in, dt=dt, nu=nu, forcing_k=forcing_k, seed=data_seed), quiet)
