@@ -523,6 +523,7 @@ def bench_train_cmd(
     tag: str = "",
     time_limit: float = 0.0,
     inductor: tuple[str, ...] = (),
+    profile_steps: int = 0,
     out: Path = Path("benchmarks/results"),
     compare: Optional[Path] = None,
     quiet: bool = False,
@@ -552,6 +553,9 @@ def bench_train_cmd(
         tag: appended to the result file name (train_bench-DEVICE-PRESET-TAG).
         time_limit: seconds; entries not built by then are skipped and the others measured and written (0: none).
         inductor: torch._inductor.config settings KEY=VALUE for this run, e.g. coordinate_descent_tuning=true.
+        profile_steps: after measuring, profile this many steps of each entry (torch.profiler):
+            kernel time by category (GEMM, attention, fused triton, optimizer, copies), GPU busy
+            fraction and top kernels, in the JSON and the markdown (0: no profile).
         compare: a stored train_bench JSON; prints the per-row change.
     """
     from formers.bench.train import (TrainBenchConfig, compare_records, read_record, run_bench,
@@ -566,7 +570,7 @@ def bench_train_cmd(
                            compile=True if compile else (False if no_compile else None),
                            compile_mode=compile_mode, dtype=dtype, device=device, peak_tflops=peak_tflops,
                            sdpa_backend=sdpa_backend, interleave=interleave, threads=threads, seed=seed,
-                           tag=tag, time_limit_s=time_limit, inductor=inductor)
+                           tag=tag, time_limit_s=time_limit, inductor=inductor, profile_steps=profile_steps)
     progress = None if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     record, paths = run_bench(cfg, out, progress)
     print(table_markdown(record))

@@ -38,6 +38,7 @@ list (the issue's targets beside the measured figure).
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import os
 import platform
@@ -138,6 +139,9 @@ class TrainBenchConfig(Config):
         time_limit_s: once this many seconds have passed, entries not yet built are skipped
             (listed in ``skipped_time_limit``; the first entry always runs) and the built ones are
             measured and written; 0 = none.
+        profile_steps: after the measurement, profile this many more steps of each entry with
+            ``torch.profiler`` and record where the time goes (:mod:`formers.bench.profile`: kernel
+            time by category, GPU busy fraction, top kernels); 0 = no profile.
     Raises:
         ValueError: naming the field, the value and what is allowed.
     """
@@ -164,6 +168,7 @@ class TrainBenchConfig(Config):
     tag: str = ""
     time_limit_s: float = 0.0
     inductor: tuple[str, ...] = ()
+    profile_steps: int = 0
 
     def __post_init__(self) -> None:
         from formers.bench.peers import PEERS
@@ -183,7 +188,8 @@ class TrainBenchConfig(Config):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{o}.{name} must be an int >= 1, got {v!r}")
-        for name, low in (("steps", 1), ("warmup", 0), ("repeats", 1), ("threads", 0)):
+        for name, low in (("steps", 1), ("warmup", 0), ("repeats", 1), ("threads", 0),
+                          ("profile_steps", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{o}.{name} must be an int >= {low}, got {v!r}")
@@ -345,6 +351,7 @@ class _Entry:
         self.transient_peak = 0
         self.rss_peak_kb = 0
         self.warmup_s = 0.0
+        self.profile: dict[str, Any] | None = None
         self.compiles: int | None = None
         self.graph_breaks: int | None = None
         self.last_loss: float | None = None
@@ -577,6 +584,20 @@ class TrainBench:
         if not math.isfinite(e.last_loss):
             raise ValueError(f"{e.label}: the training loss is {e.last_loss} (not finite)")
 
+    def _profile(self, e: _Entry, batches) -> None:
+        """``profile_steps`` more steps under ``torch.profiler`` (after the timed windows, so the
+        profiler's own overhead never reaches the measured figures)."""
+        if not self.cfg.profile_steps:
+            return
+        from formers.bench.profile import step_breakdown
+
+        i = itertools.count()
+        with _sdpa_context(self.cfg.sdpa_backend):
+            e.profile = step_breakdown(lambda: self._step(e, batches[next(i) % len(batches)]),
+                                       self.cfg.profile_steps, self.device)
+        self.say(f"{e.label}: profiled, {e.profile['kernel_ms']:.2f} ms of kernels in "
+                 f"{e.profile['wall_ms']:.2f} ms per step")
+
     def _free(self, e: _Entry) -> None:
         import torch
 
@@ -638,6 +659,8 @@ class TrainBench:
                     self._window(e, batches)
                 self.say(f"round {r + 1}/{cfg.repeats}: " + ", ".join(
                     f"{e.label} {e.window_medians[-1] * 1e3:.2f} ms" for e in entries))
+            for e in entries:
+                self._profile(e, batches)
         else:
             for spec in specs:
                 if entries and self._out_of_time(t_start, spec):
@@ -648,6 +671,7 @@ class TrainBench:
                 for _ in range(cfg.repeats):
                     self._window(e, batches)
                 self.say(f"{e.label}: {statistics.median(e.times) * 1e3:.2f} ms/step")
+                self._profile(e, batches)
                 entries.append(e)
                 self._free(e)
         return self._record(entries, time.perf_counter() - t_start)
@@ -699,7 +723,7 @@ class TrainBench:
                 "flops_per_token": e.flops, "flops_source": e.flops_source,
                 "mfu": mfu(e.flops, tps, peak), "flops_per_token_6n": six_n, "mfu_6n": mfu(six_n, tps, peak),
                 "warmup_s": e.warmup_s, "compiles": e.compiles, "graph_breaks": e.graph_breaks,
-                "final_loss": e.last_loss,
+                "final_loss": e.last_loss, "profile": e.profile,
             })
         by = {r["name"]: r for r in rows}
         refs = [p for p in cfg.peers if p in by] + (["baseline"] if "baseline" in by else [])
@@ -838,6 +862,12 @@ def table_markdown(record: dict[str, Any]) -> str:
                          f"{m['speedup_over_flop_ratio']:.3f} |")
     if record.get("params_note"):
         lines += [""] + [f"- {k}: {v}" for k, v in record["params_note"].items()]
+    profiled = [(r["name"], r["profile"]) for r in record["rows"] if r.get("profile")]
+    if profiled:
+        from formers.bench.profile import breakdown_markdown
+
+        lines += ["", "Where the time goes (torch.profiler; milliseconds per step; busy = kernel time / wall):", ""]
+        lines += breakdown_markdown(profiled)
     return "\n".join(lines) + "\n"
 
 
