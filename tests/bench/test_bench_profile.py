@@ -29,6 +29,7 @@ def _one_thread():
     ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
     ("triton_per_fused_native_layer_norm_0", "elementwise"),
     ("triton_red_fused__log_softmax_nll_loss_forward_5", "elementwise"),
+    ("triton_per_fused__to_copy_add_native_layer_norm_backward_view_9", "elementwise"),
     ("Memcpy DtoD (Device -> Device)", "copy / fill"),
     ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL", "other"),
     ("aten::addmm", "gemm"),

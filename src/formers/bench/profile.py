@@ -31,16 +31,20 @@ CATEGORIES = ("gemm", "attention", "optimizer", "elementwise", "copy / fill", "o
 _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("attention", ("flash", "fmha", "attention", "sdpa", "scaled_dot_product")),
     ("optimizer", ("multi_tensor", "adam", "_foreach_")),
-    ("gemm", ("triton_tem", "gemm", "cutlass", "nvjet", "xmma", "cublas", "aten::mm", "aten::addmm",
+    ("gemm", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "aten::mm", "aten::addmm",
               "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear", "mkl", "sgemm")),
     ("copy / fill", ("memcpy", "memset", "copy", "fill", "aten::cat", "aten::zero", "aten::empty")),
-    ("elementwise", ("triton", "aten::")),
+    ("elementwise", ("aten::",)),
 )
 
 
 def categorize(name: str) -> str:
-    """The category (one of :data:`CATEGORIES`) of a kernel or operator name."""
+    """The category (one of :data:`CATEGORIES`) of a kernel or operator name. Inductor's kernels
+    (``triton_...``) are GEMM templates (``triton_tem``) or fused elementwise / reduction code, even
+    when their names list a fused ``_to_copy`` or ``fill``."""
     low = name.lower()
+    if low.startswith("triton_"):
+        return "gemm" if low.startswith("triton_tem") else "elementwise"
     for cat, keys in _RULES:
         if any(k in low for k in keys):
             return cat
