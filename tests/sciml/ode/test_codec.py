@@ -1,5 +1,7 @@
 """ODEFormer's 3-token float codec and the time/state rescaling (arXiv 2310.05573, section 3)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -45,6 +47,19 @@ def test_vectorised_equals_scalar_including_ties_and_edges():
     np.testing.assert_allclose(dec[ok], scal[ok], rtol=1e-15)
     assert ids.shape == x.shape + (3,)
     assert codec.encode_floats(x[:6].reshape(2, 3)).shape == (2, 3, 3)
+
+
+def test_subnormal_and_tiny_values_encode_as_zero_without_invalid_arithmetic():
+    # a generated trajectory decayed to 1e-323 (a subnormal: 10**e underflows to 0 in the
+    # mantissa arithmetic, which warned "invalid value" during ODEFormer training on the H200)
+    x = np.array([1e-323, -5e-324, 2.5e-310, 1e-200, -1e-150, 9.9996e-98, 9.9994e-98, 1.0])
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ids = codec.encode_floats(x)
+    ref = np.array([[codec.FLOAT_INDEX[tok] for tok in codec.encode_float(v)] for v in x])
+    np.testing.assert_array_equal(ids, ref)
+    assert codec.float_tokens(x[:2]) == ["+", "N0000", "E0", "-", "N0000", "E0"]
+    assert codec.float_tokens(x[5:7]) == ["+", "N1000", "E-100", "+", "N0000", "E0"]  # rounds up to 1e-97
 
 
 @pytest.mark.parametrize("bad", [["+", "N123", "E1"], ["*", "N1234", "E1"], ["+", "N1234", "E101"],

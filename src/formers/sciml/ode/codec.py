@@ -112,15 +112,20 @@ def encode_floats(x: np.ndarray) -> np.ndarray:
     nz = finite & (a > 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         e = np.where(nz, np.floor(np.log10(np.where(nz, a, 1.0))), 0.0) - PRECISION
-        scaled = np.where(nz, a / 10.0 ** e, 0.0)
+    # magnitudes far below E-100 encode as signed zero (``under`` below); they stay out of the
+    # mantissa arithmetic, where 10**e underflows to 0 for subnormals (|x| < ~1e-320: inf / inf)
+    nonzero = nz
+    nz = nonzero & (e >= -2 * MAX_EXPONENT)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scaled = np.where(nz, a / 10.0 ** np.where(nz, e, 0.0), 0.0)
         # log10 can be off by one near powers of ten: bring the mantissa into [1000, 10000)
         low = nz & (scaled < N_MANTISSA / 10 - 0.5)
         e = np.where(low, e - 1, e)
-        scaled = np.where(low, a / 10.0 ** e, scaled)
+        scaled = np.where(low, a / 10.0 ** np.where(low, e, 0.0), scaled)
         high = nz & (scaled >= N_MANTISSA - 0.5)
         m = np.rint(scaled)
         e = np.where(high, e + 1, e)
-        m = np.where(high, np.rint(np.where(high, a / 10.0 ** e, 0.0)), m)
+        m = np.where(high, np.rint(np.where(high, a / 10.0 ** np.where(high, e, 0.0), 0.0)), m)
     m = np.where(nz, m, 0.0)
     frac = np.abs(scaled - np.floor(scaled) - 0.5)
     tie = nz & (frac < 1e-6)
@@ -128,7 +133,7 @@ def encode_floats(x: np.ndarray) -> np.ndarray:
     out[:, 0] = sign
     out[:, 1] = _M0 + m.astype(np.int64)
     out[:, 2] = _E0 + np.clip(e, -MAX_EXPONENT - 1, MAX_EXPONENT + 1).astype(np.int64)
-    under = nz & (e < -MAX_EXPONENT)
+    under = nonzero & (e < -MAX_EXPONENT)
     out[under, 1] = _M0
     out[under, 2] = _E0
     bad = ~finite | (nz & (e > MAX_EXPONENT))
