@@ -36,6 +36,42 @@ FLEX_RECOMPILE_LIMIT = 64
 FLEX_CPU_COMPILE = ""
 
 
+# Device types on which SDPA with an explicit mask leaves out the cuDNN backend (see
+# ``_sdpa_masked``). A module constant so that tests can exercise the switch on CPU.
+NO_CUDNN_WITH_MASK: tuple[str, ...] = ("cuda",)
+
+
+def _sdpa_masked(q, k, v, mask, dropout_p, scale):
+    """``F.scaled_dot_product_attention`` with an explicit ``attn_mask``, without cuDNN attention.
+
+    cuDNN's SDPA backward (the default masked kernel on H100/H200 since torch 2.11) returns NaN in
+    ``grad_q`` when an explicit mask is passed and the key length is 64 mod 128, once a query row's
+    logsumexp is below ln(FLT_MAX) = -88.7 (pytorch/pytorch#196678): the forward and the loss stay
+    finite, the step's gradient norm is NaN. ODEFormer hit it on the H200 (both divergences were
+    on the batches whose encoder length was 192). Flash cannot take a mask, so this leaves
+    memory-efficient attention (or math). The backends still enabled are kept (a caller that
+    enabled cuDNN alone keeps it); under ``torch.compile`` the flags cannot be read, so the list
+    is flash, memory-efficient, math.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    run = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,  # noqa: E731
+                                                 scale=scale)
+    if q.device.type not in NO_CUDNN_WITH_MASK:
+        return run()
+    kinds = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+    if not torch.compiler.is_compiling():
+        cu = torch.backends.cuda
+        if not cu.cudnn_sdp_enabled():
+            return run()
+        on = (cu.flash_sdp_enabled(), cu.mem_efficient_sdp_enabled(), cu.math_sdp_enabled())
+        kinds = tuple(kind for kind, enabled in zip(kinds, on) if enabled)
+        if not kinds:  # cuDNN alone was asked for
+            return run()
+    with sdpa_kernel(list(kinds)):
+        return run()
+
+
 def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> torch.Tensor:
     """(q_len, k_len) bool, True where query i may see key j.
 
@@ -267,7 +303,8 @@ def attend(
             mask = bias.to(q.dtype)
             if allowed is not None:
                 mask = mask.masked_fill(~allowed, float("-inf"))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+        out = (_sdpa_masked(q, k, v, mask, dropout_p, scale) if mask is not None else
+               F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale))
         return out, None
 
     if not torch.compiler.is_compiling():
