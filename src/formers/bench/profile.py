@@ -86,7 +86,9 @@ def step_breakdown(step: Callable[[], Any], steps: int, device, top: int = 12) -
     calls: dict[str, int] = defaultdict(int)
     want = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
     for ev in prof.key_averages():
-        if ev.device_type != want:
+        # on the GPU timeline a record_function (``Optimizer.step#AdamW.step``) also appears as an
+        # annotation spanning its kernels: counting it would count those kernels twice
+        if ev.device_type != want or (cuda and getattr(ev, "is_user_annotation", False)):
             continue
         us = _self_device_us(ev) if cuda else ev.self_cpu_time_total
         if us <= 0:
