@@ -21,6 +21,15 @@ paper's model is d_model 512, 4 / 12 (or 16) layers, 16 heads (~70-86M parameter
 paper's corruption (noise up to 0.1, up to 50% of the points dropped), Adam-style AdamW with
 warm-up and cosine decay, gradient clipping at 1, bf16 autocast.
 
+NaN on the H200 (torch 2.11, fixed in formers.nn.attention.core): the first runs diverged
+("train loss is nan" at steps 453 and 603, lr 4e-4 and 2e-4) after a finite loss with a NaN
+gradient norm, both times on a batch whose longest trajectory had 192 points. cuDNN attention,
+torch 2.11's default SDPA kernel for masked attention on Hopper, returns NaN grad_q for an
+explicit mask at key length 64 mod 128 (pytorch/pytorch#196678); the encoder's and the
+cross-attention's padding masks hit it. ``attend`` now leaves cuDNN out of masked SDPA calls.
+Not an optimisation problem (the gradient norm stayed below 6 up to the NaN step), so the recipe
+is unchanged; the paper's is Adam 2e-4 with 10,000 warm-up steps, ~10k tokens per batch, clip 1.
+
 Phase 3 is formers.sciml.ode.compare (the harness of `formers compare odebench`): it writes
 benchmarks/results/odebench-odeformer-gpu-cuda.json / .md atomically after every (model,
 setting), and a re-run skips the pairs already done, so it too can span several calls.
