@@ -51,7 +51,7 @@ def categorize(name: str) -> str:
     return "other"
 
 
-def step_breakdown(step: Callable[[], Any], steps: int, device, top: int = 12) -> dict[str, Any]:
+def step_breakdown(step: Callable[[], Any], steps: int, device, top: int = 40) -> dict[str, Any]:
     """Profile ``steps`` calls of ``step()`` on ``device`` (a ``torch.device``).
 
     Returns ``{"steps", "wall_ms", "kernel_ms", "busy", "kernels", "categories": {cat: ms},
@@ -119,9 +119,9 @@ def _self_device_us(ev) -> float:
     return 0.0
 
 
-def breakdown_markdown(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+def breakdown_markdown(rows: list[tuple[str, dict[str, Any]]], top: int = 12) -> list[str]:
     """Markdown lines: one row per (label, :func:`step_breakdown` result) with the wall time, the
-    busy fraction and the milliseconds of each category; then each label's top kernels."""
+    busy fraction and the milliseconds of each category; then each label's ``top`` kernels."""
     head = ["entry", "wall (ms)", "kernels (ms)", "busy", "launches"] + list(CATEGORIES)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, b in rows:
@@ -131,7 +131,7 @@ def breakdown_markdown(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     for label, b in rows:
         lines += ["", f"Top kernels of {label} (ms per step, calls per step):", ""]
-        lines += [f"- {t['ms']:.3f} ms, {t['calls']:.0f}x [{t['category']}] `{t['name'][:110]}`" for t in b["top"]]
+        lines += [f"- {t['ms']:.3f} ms, {t['calls']:.0f}x [{t['category']}] `{t['name'][:110]}`" for t in b["top"][:top]]
     return lines
 
 
