@@ -152,6 +152,19 @@ def test_non_finite_loss_stops_training(tmp_path):
         Trainer(task, tiny_model_config(), tiny_train_config(max_steps=3), tmp_path / "r").fit()
 
 
+def test_non_finite_gradient_with_finite_loss_stops_training(tmp_path):
+    """A backward that returns NaN while the loss stays finite (as cuDNN's masked SDPA backward did
+    on the H200) stops at that step, naming the gradient norm."""
+    from formers.train.trainer import TrainingDiverged
+
+    torch.set_num_threads(1)
+    trainer = Trainer(SynthTask(), tiny_model_config(), tiny_train_config(max_steps=3), tmp_path / "r")
+    first = next(trainer.model.parameters())
+    first.register_hook(lambda g: torch.full_like(g, float("nan")))
+    with pytest.raises(TrainingDiverged, match=r"gradient norm is nan \(train loss [0-9.]+\) at step 1;"):
+        trainer.fit()
+
+
 def test_log_file_gets_one_line_per_evaluation(tmp_path, capsys):
     """Without a terminal (a log file, a GPU job) the live bar shows nothing: each evaluation prints a line."""
     torch.set_num_threads(1)

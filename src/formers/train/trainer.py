@@ -597,9 +597,13 @@ class Trainer:
                     break
                 ts = time.perf_counter()
                 last_loss, gnorm, tokens = self._train_step(step)
-                if not math.isfinite(last_loss):
+                if not (math.isfinite(last_loss) and math.isfinite(gnorm)):
+                    # a finite loss with a non-finite gradient (a kernel's backward) is caught here,
+                    # one step before the corrupted weights would make the loss NaN too
+                    what = (f"train loss is {last_loss}" if not math.isfinite(last_loss)
+                            else f"gradient norm is {gnorm} (train loss {last_loss:.4g})")
                     raise TrainingDiverged(
-                        f"training diverged: train loss is {last_loss} at step {step + 1}; the last "
+                        f"training diverged: {what} at step {step + 1}; the last "
                         f"checkpoint in {self.out_dir} is kept (lower --lr, or check the data)")
                 dt = time.perf_counter() - ts
                 train_time += dt
