@@ -181,6 +181,18 @@ def test_compare_prints_change(tmp_path):
         read_record(p)
 
 
+def test_compare_names_differing_settings():
+    old, new = _rec({"baseline": 100.0}), _rec({"baseline": 70.0})
+    assert "settings differ" not in compare_records(old, new)
+    old.update(threads=2, batch_size=8, torch="2.13.0+cpu")
+    new.update(threads=1, batch_size=8, torch="2.13.0+cpu")
+    lines = compare_records(old, new).splitlines()
+    assert lines[1].startswith("settings differ: threads 2 -> 1") and "batch_size" not in lines[1]
+    assert "-30.0%" in lines[-1]
+    new.update(threads=2, dtype="bf16")
+    assert "dtype None -> 'bf16'" in compare_records(old, new).splitlines()[1]
+
+
 def test_goals_from_a_gpu_record():
     def row(name, tps, mem=10.0, mfu=None):
         return {"name": name, "tokens_per_s": tps, "step_time_ms": 1e3 / tps, "peak_mem_mb": mem, "mfu_6n": mfu}

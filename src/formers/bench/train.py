@@ -906,13 +906,24 @@ def write_results(record: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return write_result_files(out_dir, result_stem(record), record, table_markdown, plot)
 
 
+# record fields that change throughput or memory besides the code; compare_records names those that differ
+COMPARE_SETTINGS = ("preset", "device_name", "dtype", "threads", "batch_size", "seq_len", "vocab_size", "compile",
+                    "compile_mode", "sdpa_backend", "interleave", "torch", "peak_tflops")
+
+
 def compare_records(old: dict[str, Any], new: dict[str, Any]) -> str:
     """Per-row change of ``new`` against ``old`` (rows matched by name): tokens/s, step time, peak
-    memory and MFU, old -> new and the relative change. Rows in only one record are listed."""
+    memory and MFU, old -> new and the relative change. Rows in only one record are listed. When
+    the two runs differ in a setting that moves the figures (:data:`COMPARE_SETTINGS`: threads,
+    batch, dtype, torch version, ...), a ``settings differ:`` line names each one, so that a
+    change from, say, 2 threads to 1 is not read as a regression."""
     o = {r["name"]: r for r in old.get("rows", [])}
-    lines = [f"compare: {old.get('device_name')} {old.get('commit')} -> {new.get('device_name')} {new.get('commit')}",
-             f"{'model':<22} {'tokens/s old':>14} {'new':>14} {'change':>8}   {'step ms old':>11} {'new':>9}"
-             f"   {'mem MiB old':>11} {'new':>9}   {'MFU old':>7} {'new':>7}"]
+    lines = [f"compare: {old.get('device_name')} {old.get('commit')} -> {new.get('device_name')} {new.get('commit')}"]
+    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in COMPARE_SETTINGS if old.get(k) != new.get(k)]
+    if diff:
+        lines.append("settings differ: " + ", ".join(diff) + " (the change is not the code's alone)")
+    lines += [f"{'model':<22} {'tokens/s old':>14} {'new':>14} {'change':>8}   {'step ms old':>11} {'new':>9}"
+              f"   {'mem MiB old':>11} {'new':>9}   {'MFU old':>7} {'new':>7}"]
     for r in new["rows"]:
         a = o.pop(r["name"], None)
         if a is None:
@@ -950,4 +961,4 @@ def run_bench(cfg: TrainBenchConfig, out: Path | None, progress: Callable[[str],
 
 __all__ = ["PRESETS", "BenchPreset", "TrainBenchConfig", "TrainBench", "preset_config", "padded_vocab",
            "expand_models", "flops_per_token", "six_n_flops", "goals", "matformer_scaling", "table_markdown", "plot",
-           "write_results", "compare_records", "read_record", "run_bench"]
+           "write_results", "COMPARE_SETTINGS", "compare_records", "read_record", "run_bench"]
