@@ -762,7 +762,9 @@ def ode_cmd(
                           rescale=not no_rescale, seed=seed)
     rec = fit_csv(trajectory, out, model, decode, device=dev)
     names = rec["variables"]
-    print("\n".join(rec["equations"]))
+    print("\n".join(rec["readable"]))
+    if rec["readable"] != rec["equations"]:
+        print("as decoded: " + "; ".join(rec["equations"]))
     print("variables: " + ", ".join(f"{k} = {v}" for k, v in names.items()))
     print(f"R2 on the data: {rec['r2']:.6f}")
     print(f"written: {rec['out']}/equations.txt, fit.json, fit.png")

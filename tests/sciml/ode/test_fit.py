@@ -12,6 +12,7 @@ import torch
 from formers.cli import main
 from formers.nn.io import save_model
 from formers.sciml.ode import expr, metrics, predict, tokens
+from formers.sciml.ode import fit as fitmod
 from formers.sciml.ode.codec import Rescaling
 from formers.sciml.ode.model import ODEFormer, variant_config
 
@@ -79,8 +80,10 @@ def test_cli_fit_writes_files(memorised, tmp_path, capsys):
     assert main(["ode", "fit", str(csv), "--out", str(out), "--model", str(folder), "--beam-size", "2"]) == 0
     printed = capsys.readouterr().out
     assert "x_0' =" in printed and "R2" in printed and "population" in printed
+    assert "dpopulation/dt = -0.25*population" in printed  # simplified, in the CSV's names
     rec = json.loads((out / "fit.json").read_text())
     assert rec["r2"] > 0.999 and rec["columns"] == ["time", "population"]
+    assert rec["readable"] == ["dpopulation/dt = -0.25*population"]
     assert "x_0' =" in (out / "equations.txt").read_text()
     assert (out / "fit.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -101,6 +104,33 @@ def test_cli_bad_input_is_a_clear_error_before_work(memorised, tmp_path, capsys,
     assert main(["ode", "fit", str(csv), "--model", str(folder), "--out", str(tmp_path / "o")]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_readable_equations_fold_constants_in_column_names():
+    N, c = expr.Node, (lambda v: expr.Node("const", value=v))
+    x0, x1, t = N("x_0"), N("x_1"), N("t")
+    decoded = [N("mul", (c(0.4545), N("mul", (c(0.54), N("mul", (c(2.0), x1)))))),  # as a model emits it
+               N("add", (N("mul", (x0, x1)), N("add", (N("mul", (x1, x0)), N("mul", (c(-3.0), t))))))]
+    assert expr.to_str(decoded).splitlines()[0] == "x_0' = (0.4545 * (0.54 * (2 * x_1)))"
+    got = fitmod.readable_equations(decoded, ["time", "prey", "pred"])
+    assert got == ["dprey/dt = 0.4909*pred", "dpred/dt = 2*pred*prey - 3.0*time"]
+    assert fitmod.readable_equations(expr.parse("0.123456*x_0"), ["t", "x"]) == ["dx/dt = 0.1235*x"]
+
+
+def test_model_of_another_family_or_out_file_is_a_clear_error(memorised, tmp_path, capsys, monkeypatch):
+    _, folder = memorised
+    csv = tmp_path / "ok.csv"
+    csv.write_text("0,1\n1,2\n2,4\n")
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    (lm / "config.json").write_text(json.dumps({"arch": "decoder", "vocab_size": 259}))
+    monkeypatch.setattr(predict, "fit_system", lambda *a, **k: pytest.fail("decoding started"))
+    assert main(["ode", "fit", str(csv), "--model", str(lm)]) == 2
+    err = capsys.readouterr().err
+    assert "is not an ODEFormer model" in err and "'arch': 'decoder'" in err and "vocab_size" not in err
+    (tmp_path / "afile").write_text("")
+    assert main(["ode", "fit", str(csv), "--model", str(folder), "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_missing_model_names_the_training_command(tmp_path, capsys):

@@ -5,8 +5,10 @@ without a header row. Every check (readable numbers, no NaN, at least two points
 increasing time, no more state columns than the model's ``max_dimension``) runs before the
 model is loaded or any decoding starts. Outputs in ``--out``:
 
-* ``equations.txt``: the discovered system, one readable equation per component, and its R²;
-* ``fit.json``: equations (readable and prefix tokens), R², column names, every scored
+* ``equations.txt``: the discovered system, one equation per component in the CSV's column names
+  after sympy's automatic simplification (``dx/dt = 0.49*x``; :func:`readable_equations`), the
+  tree as decoded, and its R²;
+* ``fit.json``: equations (as decoded, readable and prefix tokens), R², column names, every scored
   candidate, the model folder and the decoding settings;
 * ``fit.png``: the data against the discovered system integrated from the first observation.
 
@@ -95,8 +97,41 @@ def max_dimension_of(run: str | Path | None) -> int | None:
     folder = Path(run) if run is not None else DEFAULT_RUN
     for cand in (folder, folder / "best", folder / "ckpt"):
         if (cand / "config.json").is_file():
-            return int(json.loads((cand / "config.json").read_text()).get("max_dimension", 0)) or None
+            cfg = json.loads((cand / "config.json").read_text())
+            if not isinstance(cfg, dict) or "max_dimension" not in cfg:
+                what = {k: cfg[k] for k in ("model", "arch", "task") if k in cfg} if isinstance(cfg, dict) else cfg
+                raise ValueError(f"{cand / 'config.json'} is not an ODEFormer model (no max_dimension; "
+                                 f"{what}): pass --model a `formers train ode` run or model folder")
+            return int(cfg["max_dimension"]) or None
     return None
+
+
+def readable_equations(system: Any, names: list[str], digits: int = 4) -> list[str]:
+    """``d<state>/dt = ...`` per component in the CSV's column names (``names``: time first, then
+    one per state), after sympy's automatic simplification (constants folded, like terms
+    collected) with ``digits`` significant digits; e.g. ``x_0' = (0.5 * (2 * x_0))`` with names
+    ``["t", "pop"]`` reads ``dpop/dt = pop``. Falls back to :func:`expr.to_str`'s line for a
+    component sympy cannot convert."""
+    import sympy as sp
+
+    raw = expr.to_str(system).splitlines()
+    try:
+        exprs = expr.to_sympy(system)
+    except (ValueError, TypeError, ArithmeticError):
+        return raw
+    dim = len(exprs)
+    xs, t = expr._symbols(dim)
+    subs = {xs[j]: sp.Symbol(names[j + 1]) for j in range(dim) if j + 1 < len(names)}
+    subs[t] = sp.Symbol(names[0])
+    lines = []
+    for j, e in enumerate(exprs):
+        try:
+            e = e.xreplace(subs)
+            e = e.xreplace({f: sp.Float(f, digits) for f in e.atoms(sp.Float)})
+            lines.append(f"d{names[j + 1] if j + 1 < len(names) else f'x_{j}'}/dt = {sp.sstr(e)}")
+        except (ValueError, TypeError, ArithmeticError):
+            lines.append(raw[j])
+    return lines
 
 
 def plot_fit(t: np.ndarray, x: np.ndarray, fit: Fit, names: list[str], path: Path) -> Path:
@@ -135,22 +170,25 @@ def fit_csv(trajectory: str | Path, out: str | Path | None = None, run: str | Pa
     decode = decode or DecodeConfig()
     t, x, names = read_trajectory(trajectory)
     check_trajectory(t, x, max_dimension_of(run))  # all input errors before loading the model
+    out = Path(out) if out is not None else Path("runs") / f"ode-fit-{Path(trajectory).stem}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
     model, folder = load_fit_model(run)
     model = model.to(device)
     t, x = check_trajectory(t, x, model.cfg.max_dimension)
     fit = predict.fit_system(model, t, x, decode)
-    out = Path(out) if out is not None else Path("runs") / f"ode-fit-{Path(trajectory).stem}"
     out.mkdir(parents=True, exist_ok=True)
     eqs = fit.equations()
+    readable = readable_equations(fit.system, names) if fit.system is not None else eqs.splitlines()
     record = {
         "trajectory": str(trajectory), "columns": names, "n_points": int(len(t)),
-        "equations": eqs.splitlines(), "prefix": expr.to_prefix(fit.system) if fit.system else None,
+        "equations": eqs.splitlines(), "readable": readable, "prefix": expr.to_prefix(fit.system) if fit.system else None,
         "r2": fit.r2, "refined": fit.refined,
         "candidates": [{"equations": expr.to_str(s).splitlines(), "r2": r} for s, r in fit.candidates],
         "model": str(folder), "decode": decode.to_dict(),
         "variables": {f"x_{j}": n for j, n in enumerate(names[1:])},
     }
-    write_text(out / "equations.txt", f"{eqs}\n# variables: "
+    write_text(out / "equations.txt", "\n".join(readable) + f"\n# as decoded: {'; '.join(eqs.splitlines())}\n# variables: "
                + ", ".join(f"x_{j} = {n}" for j, n in enumerate(names[1:]))
                + f"\n# R2 on the data: {fit.r2:.6f}\n")
     write_json(out / "fit.json", record)
