@@ -680,29 +680,32 @@ def data_cmd(
 ) -> None:
     """Generate a data set into --out. ``pde``: PDE trajectories as safetensors shards and a
     meta.json of every parameter (formers.sciml.pde.shards); re-running the same command resumes
-    at the first missing shard, a changed setting is refused.
+    at the first missing shard, a changed setting is refused. ``ode``: ODEFormer's random ODE
+    systems with trajectories as JSON-lines shards and a meta.json (formers.sciml.ode.generate),
+    made by --workers processes; finished shards are skipped on a re-run; --opt takes any
+    GeneratorConfig field (e.g. --opt max_dim=2 max_prefix_len=200).
 
     Args:
         equation: ns2d (Kolmogorov-flow vorticity, FactFormer's data), ns3d (forced isotropic
             turbulence velocity, 3-D), burgers (1-D, FNO's setting).
-        n_samples: trajectories.  shard_size: samples per shard (one batch on the device).
+        n_samples: trajectories (pde) or systems (ode).
+        shard_size: samples per shard (pde: one batch on the device; ode: default the folder's
+            own, else min(1000, --samples); whole shards are written).
+        samples: ode: systems to generate (same as --n-samples).
+        workers: ode: generator processes.
+        first_shard: ode: index of the first shard, to split one data set over several runs.
         grid / nu / dt / n_steps / record_dt: default: the equation's (see NS2DConfig, NS3DConfig,
             BurgersConfig in formers.sciml.pde).
         device: auto (cuda if present), cpu, cuda, cuda:N.
         threads: torch CPU threads (0 = torch's default; 1 is fastest on a busy machine).
         opt: other generator settings, e.g. --opt drag=0.1 burn_in=2 dtype=float64.
-        ode: ODEFormer's random ODE systems with trajectories as JSON-lines shards and a
-            meta.json (formers.sciml.ode.generate), made by --workers processes; finished
-            shards are skipped on a re-run. --samples (or --n-samples) systems, --shard-size
-            per shard (default 1000), --first-shard to split the work over runs, --opt
-            any GeneratorConfig field (e.g. --opt max_dim=2 max_prefix_len=200).
     """
     if kind == "ode":
         from formers.sciml.ode.generate import GeneratorConfig, generate_dataset
 
         cfg = GeneratorConfig.from_dict(_pairs(opt, "--opt"))
         summary = generate_dataset(out, samples if samples is not None else n_samples, cfg, seed=seed,
-                                   shard_size=shard_size or 1000, workers=workers,
+                                   shard_size=shard_size, workers=workers,
                                    first_shard=first_shard, progress=not quiet)
         print(json.dumps(summary))
         print(f"written: {out} (meta.json, shard-*.jsonl)")

@@ -20,6 +20,20 @@ def test_data_ode_writes_resumable_shards(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.splitlines()[0])["shards_skipped"] == 2
 
 
+def test_data_ode_writes_the_samples_asked_for(tmp_path, capsys):
+    """--samples 3 without --shard-size writes 3 samples (it used to write a whole 1000-sample
+    shard); a larger re-run into the same folder keeps the folder's shard size."""
+    out = tmp_path / "ode"
+    args = ["data", "ode", "--out", str(out), "--quiet", "--opt", "max_dim=1", "max_binary=2", "--samples"]
+    assert main(args + ["3"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert summary["samples"] == 3 and json.loads((out / "meta.json").read_text())["shard_size"] == 3
+    assert main(args + ["6"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert summary["shards_skipped"] == 1 and summary["shards_written"] == 1 and summary["samples"] == 3
+    assert len(list(iter_samples(out))) == 6
+
+
 def test_bad_input_is_refused_before_work(tmp_path, capsys):
     assert main(["data", "ode", "--out", str(tmp_path / "x"), "--opt", "max_dimm=2"]) == 2
     assert "max_dimm" in capsys.readouterr().err

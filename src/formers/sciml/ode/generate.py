@@ -60,6 +60,7 @@ from formers.sciml.ode import expr
 from formers.sciml.ode.expr import Node, const, op
 
 META = "meta.json"
+DEFAULT_SHARD_SIZE = 1000  # samples per shard unless told, or fewer when fewer are asked for
 
 
 def _weights(spec: str, allowed: tuple[str, ...], field_name: str) -> dict[str, float]:
@@ -424,10 +425,13 @@ def _make_shard(args: tuple) -> tuple[int, int, dict]:
 
 
 def generate_dataset(out: str | Path, samples: int, cfg: GeneratorConfig | None = None, seed: int = 0,
-                     shard_size: int = 1000, workers: int = 1, first_shard: int = 0,
+                     shard_size: int | None = None, workers: int = 1, first_shard: int = 0,
                      progress: bool = True) -> dict[str, Any]:
     """Write ``samples`` samples as shards ``first_shard .. first_shard + ceil(samples/shard_size) - 1``
-    of the data set in ``out`` (see the module docstring); finished shards are skipped.
+    of the data set in ``out`` (see the module docstring); finished shards are skipped. Shards are
+    whole, so ``ceil(samples / shard_size) * shard_size`` samples are written. ``shard_size``
+    None: the folder's own (its meta.json), else ``min(1000, samples)`` (so ``samples=200`` makes
+    200 samples, not a 1000-sample shard).
 
     Returns a summary: shards written and skipped, samples, tries and rejections, seconds.
 
@@ -435,6 +439,10 @@ def generate_dataset(out: str | Path, samples: int, cfg: GeneratorConfig | None 
         ValueError: bad counts, or ``out`` holds a data set made with another config/seed/shard size.
     """
     cfg = cfg or GeneratorConfig()
+    if shard_size is None:
+        old_meta = Path(out) / META
+        shard_size = (json.loads(old_meta.read_text()).get("shard_size") if old_meta.is_file() else None) \
+            or min(DEFAULT_SHARD_SIZE, samples)
     if samples < 1 or shard_size < 1 or workers < 1 or first_shard < 0:
         raise ValueError(f"need samples >= 1, shard_size >= 1, workers >= 1, first_shard >= 0; got "
                          f"{samples}, {shard_size}, {workers}, {first_shard}")
