@@ -866,7 +866,10 @@ def table_markdown(record: dict[str, Any]) -> str:
     if profiled:
         from formers.bench.profile import breakdown_markdown
 
-        lines += ["", "Where the time goes (torch.profiler; milliseconds per step; busy = kernel time / wall):", ""]
+        what = ("busy = kernel time / wall" if record.get("device") != "cpu" else
+                "on the CPU 'kernels' are the operators' self times, 'launches' the operator calls, and "
+                "`Optimizer.step#AdamW.step` is the optimizer's own Python time; busy = their sum / wall")
+        lines += ["", f"Where the time goes (torch.profiler; milliseconds per step; {what}):", ""]
         lines += breakdown_markdown(profiled)
     return "\n".join(lines) + "\n"
 
