@@ -556,7 +556,8 @@ def bench_train_cmd(
         profile_steps: after measuring, profile this many steps of each entry (torch.profiler):
             kernel time by category (GEMM, attention, fused triton, optimizer, copies), GPU busy
             fraction and top kernels, in the JSON and the markdown (0: no profile).
-        compare: a stored train_bench JSON; prints the per-row change.
+        compare: a stored train_bench JSON; prints the per-row change (refused when this run
+            would overwrite it: give another --out or a --tag).
     """
     from formers.bench.train import (TrainBenchConfig, compare_records, read_record, run_bench,
                                      table_markdown)
@@ -571,6 +572,15 @@ def bench_train_cmd(
                            compile_mode=compile_mode, dtype=dtype, device=device, peak_tflops=peak_tflops,
                            sdpa_backend=sdpa_backend, interleave=interleave, threads=threads, seed=seed,
                            tag=tag, time_limit_s=time_limit, inductor=inductor, profile_steps=profile_steps)
+    if old is not None:  # the run must not overwrite the result it is compared against
+        from formers.bench.attention import device_tag
+        from formers.bench.train import result_stem
+        from formers.train.trainer import resolve_device
+
+        stem = result_stem({"device_tag": device_tag(str(resolve_device(device))), "preset": preset, "tag": tag})
+        if (out / f"{stem}.json").resolve() == Path(compare).resolve():
+            raise ValueError(f"--compare {compare} is the file this run would write (--out {out}); "
+                             f"pass another --out or a --tag")
     progress = None if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     record, paths = run_bench(cfg, out, progress)
     print(table_markdown(record))

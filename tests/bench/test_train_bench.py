@@ -181,6 +181,17 @@ def test_compare_prints_change(tmp_path):
         read_record(p)
 
 
+def test_compare_refuses_to_overwrite_its_own_reference(tmp_path, capsys, monkeypatch):
+    import formers.bench.train as tb
+
+    ref = tmp_path / "train_bench-cpu-tiny.json"
+    ref.write_text(json.dumps(_rec({"baseline": 100.0})))
+    monkeypatch.setattr(tb, "run_bench", lambda *a, **k: pytest.fail("the benchmark ran"))
+    assert main(["bench", "train", "--device", "cpu", "--out", str(tmp_path), "--compare", str(ref), "--quiet"]) == 2
+    assert "is the file this run would write" in capsys.readouterr().err
+    assert json.loads(ref.read_text())["rows"][0]["tokens_per_s"] == 100.0
+
+
 def test_compare_names_differing_settings():
     old, new = _rec({"baseline": 100.0}), _rec({"baseline": 70.0})
     assert "settings differ" not in compare_records(old, new)
