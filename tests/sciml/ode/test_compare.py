@@ -39,5 +39,5 @@ def test_compare_writes_resumes_and_guards(tmp_path):
     assert len(calls) == 3  # the finished (0, 0) was skipped, (0, 0.5) added
     saved = json.loads((tmp_path / "odebench-t.json").read_text())
     assert [(r["noise"], r["subsample"]) for r in saved["results"]] == [(0.0, 0.0), (0.05, 0.0), (0.0, 0.5)]
-    with pytest.raises(ValueError, match="another seed"):
+    with pytest.raises(ValueError, match=r"another seed \(0\) or other systems; write to another folder \(--out\)"):
         C.compare_odebench({"fixed": growth}, [(0.0, 0.0)], tmp_path, "t", seed=1, ids=[2], data_dir=str(data))

@@ -126,8 +126,9 @@ def compare_odebench(models: Sequence[str] | dict[str, FitFn], settings: Sequenc
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("seed") != seed or old.get("ids") != sys_ids:
-            raise ValueError(f"{path} holds results for another seed or other systems; pass another "
-                             f"--name or delete it")
+            raise ValueError(f"{path} holds results for another seed ({old.get('seed')}) or other systems; "
+                             f"write to another folder (--out) or name (benchmarks/odebench.py --name), "
+                             f"or delete it")
         result = old
     done = {(r["model"], r["noise"], r["subsample"]) for r in result["results"]}
     result["system"] = system_info()
