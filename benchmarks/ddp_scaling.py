@@ -56,7 +56,7 @@ GOAL_EFFICIENCY = 0.90
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--preset", default="gpt2-small", help="formers bench train preset (gpt2-small, gpt2-medium, tiny)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--nproc", type=int, default=2, help="processes (GPUs) of the ddp / fsdp modes")
