@@ -501,6 +501,14 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _device_tag(device: str) -> str:
+    """The device part of a benchmark's result file name for ``--device``."""
+    from formers.bench.attention import device_tag
+    from formers.train.trainer import resolve_device
+
+    return device_tag(str(resolve_device(device)))
+
+
 def bench_train_cmd(
     preset: str = "tiny",
     models: str = "baseline",
@@ -559,6 +567,7 @@ def bench_train_cmd(
         compare: a stored train_bench JSON; prints the per-row change (refused when this run
             would overwrite it: give another --out or a --tag).
     """
+    from formers.bench.results import refuse_overwrite
     from formers.bench.train import (TrainBenchConfig, compare_records, read_record, run_bench,
                                      table_markdown)
 
@@ -573,14 +582,9 @@ def bench_train_cmd(
                            sdpa_backend=sdpa_backend, interleave=interleave, threads=threads, seed=seed,
                            tag=tag, time_limit_s=time_limit, inductor=inductor, profile_steps=profile_steps)
     if old is not None:  # the run must not overwrite the result it is compared against
-        from formers.bench.attention import device_tag
         from formers.bench.train import result_stem
-        from formers.train.trainer import resolve_device
 
-        stem = result_stem({"device_tag": device_tag(str(resolve_device(device))), "preset": preset, "tag": tag})
-        if (out / f"{stem}.json").resolve() == Path(compare).resolve():
-            raise ValueError(f"--compare {compare} is the file this run would write (--out {out}); "
-                             f"pass another --out or a --tag")
+        refuse_overwrite(compare, out, result_stem({"device_tag": _device_tag(device), "preset": preset, "tag": tag}))
     progress = None if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     record, paths = run_bench(cfg, out, progress)
     print(table_markdown(record))
@@ -607,6 +611,7 @@ def bench_decode_cmd(
     threads: int = 0,
     seed: int = 0,
     out: Path = Path("benchmarks/results"),
+    compare: Optional[Path] = None,
     quiet: bool = False,
 ) -> None:
     """Decoding speed: time to first token and decode tokens/s of our generate (eager full cache,
@@ -628,8 +633,14 @@ def bench_decode_cmd(
         compile_mode: torch.compile mode of 'compiled' on CUDA (reduce-overhead = CUDA graphs).
         cache_len: static buffer length for static / compiled (default: prompt + new tokens rounded up to 256; one length = one compiled graph per batch size).
         check_fp32: True / False: compare eager vs HF greedy outputs again in fp32 (default: on CUDA when the dtype is not fp32).
+        compare: a stored decode_bench JSON; prints the change per (batch, prompt, entry) (refused
+            when this run would overwrite it: give another --out).
     """
-    from formers.bench.decode import DecodeBenchConfig, run_bench, table_markdown
+    from formers.bench.decode import (DecodeBenchConfig, compare_records, read_record, result_stem, run_bench,
+                                      table_markdown)
+    from formers.bench.results import refuse_overwrite
+
+    old = read_record(compare) if compare is not None else None
 
     def ints(text: str, name: str) -> tuple[int, ...]:
         try:
@@ -648,9 +659,13 @@ def bench_decode_cmd(
                             repeats=repeats, dtype=dtype, compile_mode=compile_mode, cache_len=cache_len,
                             check_fp32=check_fp32,
                             device=device, threads=threads, seed=seed)
+    if old is not None:
+        refuse_overwrite(compare, out, result_stem({"device_tag": _device_tag(device), "preset": preset}))
     progress = None if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     record, paths = run_bench(cfg, out, progress)
     print(table_markdown(record))
+    if old is not None:
+        print(compare_records(old, record))
     print(f"written: {paths['json']}, {paths['md']}")
 
 

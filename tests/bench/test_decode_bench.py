@@ -159,3 +159,44 @@ def test_bf16_run_rechecks_outputs_in_fp32():
     c = rec["configs"][0]
     assert rec["dtype"] == "bf16" and c["fp32_match_hf"] == {"rows_equal": 2, "rows": 2, "first_divergence": None}
     assert any("fp32" in g["goal"] for g in rec["goals"])
+
+
+def _decode_rec(tps: dict[tuple[int, int, str], float], **settings) -> dict:
+    configs: dict[tuple[int, int], dict] = {}
+    for (b, t, name), v in tps.items():
+        configs.setdefault((b, t), {"batch": b, "prompt": t, "results": {}})["results"][name] = {
+            "decode_tokens_per_s": v, "ttft_ms": 1000.0 / v}
+    return {"benchmark": "decode_bench", "device_name": "cpu", "commit": "x", "threads": 1, "dtype": "fp32",
+            "configs": list(configs.values()), **settings}
+
+
+def test_compare_prints_change_per_batch_prompt_entry(tmp_path):
+    from formers.bench.decode import compare_records, read_record
+
+    old = _decode_rec({(1, 8, "compiled"): 100.0, (1, 8, "hf"): 40.0, (4, 8, "eager"): 10.0})
+    new = _decode_rec({(1, 8, "compiled"): 125.0, (1, 8, "hf"): 40.0, (2, 8, "eager"): 5.0}, threads=2)
+    lines = compare_records(old, new).splitlines()
+    assert lines[1] == "settings differ: threads 1 -> 2 (the change is not the code's alone)"
+    rows = {tuple(ln.split()[:3]): ln for ln in lines[3:]}
+    assert "+25.0%" in rows[("1", "8", "compiled")] and "10.00" in rows[("1", "8", "compiled")]
+    assert "8.00" in rows[("1", "8", "compiled")]  # TTFT 1000 / 125
+    assert "+0.0%" in rows[("1", "8", "hf")]
+    assert "(new row)" in rows[("2", "8", "eager")] and "(row gone)" in rows[("4", "8", "eager")]
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps(old))
+    assert read_record(p)["configs"][0]["batch"] == 1
+    p.write_text(json.dumps({"benchmark": "train_bench", "rows": []}))
+    with pytest.raises(ValueError, match="not a decode_bench result"):
+        read_record(p)
+
+
+def test_compare_refuses_to_overwrite_its_own_reference(tmp_path, capsys, monkeypatch):
+    import formers.bench.decode as db
+
+    ref = tmp_path / "decode_bench-cpu-tiny.json"
+    ref.write_text(json.dumps(_decode_rec({(1, 8, "eager"): 10.0})))
+    monkeypatch.setattr(db, "run_bench", lambda *a, **k: pytest.fail("the benchmark ran"))
+    assert main(["bench", "decode", "--device", "cpu", "--out", str(tmp_path), "--compare", str(ref), "--quiet"]) == 2
+    assert "is the file this run would write" in capsys.readouterr().err
+    assert main(["bench", "decode", "--device", "cpu", "--compare", str(tmp_path / "none.json"), "--quiet"]) == 2
+    assert "no such file" in capsys.readouterr().err

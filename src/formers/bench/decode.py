@@ -490,6 +490,49 @@ def write_results(record: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return write_result_files(out_dir, result_stem(record), record, table_markdown)
 
 
+# record fields that change the figures besides the code; compare_records names those that differ
+COMPARE_SETTINGS = ("preset", "device_name", "dtype", "threads", "new_tokens", "static_cache_len", "torch",
+                    "transformers")
+
+
+def compare_records(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Per-row change of ``new`` against ``old``, rows matched by (batch, prompt, entry): decode
+    tokens/s old -> new with the relative change, and TTFT old -> new. Rows in only one record are
+    listed; a ``settings differ:`` line names the settings of :data:`COMPARE_SETTINGS` that differ."""
+    from formers.bench.results import settings_differ
+
+    def rows(rec):
+        return {(c["batch"], c["prompt"], name): r for c in rec.get("configs", [])
+                for name, r in c["results"].items()}
+
+    o, n = rows(old), rows(new)
+    lines = [f"compare: {old.get('device_name')} {old.get('commit')} -> {new.get('device_name')} {new.get('commit')}"]
+    differ = settings_differ(old, new, COMPARE_SETTINGS)
+    if differ:
+        lines.append(differ)
+    lines.append(f"{'batch':>5} {'prompt':>6} {'entry':<10} {'decode tok/s old':>16} {'new':>10} {'change':>8}"
+                 f"   {'TTFT ms old':>11} {'new':>8}")
+    for key, r in n.items():
+        b, t, name = key
+        a = o.pop(key, None)
+        if a is None:
+            lines.append(f"{b:>5} {t:>6} {name:<10} {'(new row)':>16} {r['decode_tokens_per_s']:>10,.0f}")
+            continue
+        ch = r["decode_tokens_per_s"] / a["decode_tokens_per_s"] - 1
+        lines.append(f"{b:>5} {t:>6} {name:<10} {a['decode_tokens_per_s']:>16,.0f} {r['decode_tokens_per_s']:>10,.0f} "
+                     f"{ch:>+8.1%}   {a['ttft_ms']:>11.2f} {r['ttft_ms']:>8.2f}")
+    for b, t, name in o:
+        lines.append(f"{b:>5} {t:>6} {name:<10} (row gone)")
+    return "\n".join(lines)
+
+
+def read_record(path) -> dict[str, Any]:
+    """A stored decode_bench JSON (ValueError when it is not one)."""
+    from formers.bench.results import read_result
+
+    return read_result(path, "decode_bench", "configs")
+
+
 def run_bench(cfg: DecodeBenchConfig, out: Path | None, progress: Callable[[str], None] | None = None
               ) -> tuple[dict[str, Any], dict[str, Path] | None]:
     """Run and (when ``out`` is given) write the results; returns (record, paths)."""
@@ -499,4 +542,4 @@ def run_bench(cfg: DecodeBenchConfig, out: Path | None, progress: Callable[[str]
 
 
 __all__ = ["DecodeBenchConfig", "DecodeBench", "decode_config", "first_divergence", "goals",
-           "table_markdown", "write_results", "run_bench"]
+           "table_markdown", "write_results", "compare_records", "read_record", "run_bench"]

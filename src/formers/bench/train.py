@@ -920,11 +920,13 @@ def compare_records(old: dict[str, Any], new: dict[str, Any]) -> str:
     the two runs differ in a setting that moves the figures (:data:`COMPARE_SETTINGS`: threads,
     batch, dtype, torch version, ...), a ``settings differ:`` line names each one, so that a
     change from, say, 2 threads to 1 is not read as a regression."""
+    from formers.bench.results import settings_differ
+
     o = {r["name"]: r for r in old.get("rows", [])}
     lines = [f"compare: {old.get('device_name')} {old.get('commit')} -> {new.get('device_name')} {new.get('commit')}"]
-    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in COMPARE_SETTINGS if old.get(k) != new.get(k)]
-    if diff:
-        lines.append("settings differ: " + ", ".join(diff) + " (the change is not the code's alone)")
+    differ = settings_differ(old, new, COMPARE_SETTINGS)
+    if differ:
+        lines.append(differ)
     lines += [f"{'model':<22} {'tokens/s old':>14} {'new':>14} {'change':>8}   {'step ms old':>11} {'new':>9}"
               f"   {'mem MiB old':>11} {'new':>9}   {'MFU old':>7} {'new':>7}"]
     for r in new["rows"]:
@@ -943,15 +945,9 @@ def compare_records(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
     """A stored train_bench JSON (ValueError when it is not one)."""
-    import json
+    from formers.bench.results import read_result
 
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--compare: no such file {str(p)!r}")
-    data = json.loads(p.read_text())
-    if not isinstance(data, dict) or data.get("benchmark") != "train_bench" or "rows" not in data:
-        raise ValueError(f"--compare: {str(p)!r} is not a train_bench result (benchmark 'train_bench' with rows)")
-    return data
+    return read_result(path, "train_bench", "rows")
 
 
 def run_bench(cfg: TrainBenchConfig, out: Path | None, progress: Callable[[str], None] | None = None
