@@ -175,3 +175,19 @@ def test_node_validation():
         expr.Node("add", (var(0),))
     with pytest.raises(ValueError, match="unknown node op"):
         expr.Node("y")
+
+
+def test_blow_up_inside_the_solver_ends_in_nan_rows_without_numpy_warnings():
+    """A generated system (from the paper's generator, seed 3) whose state overflows the RK45 error
+    norm before the |x| = 100 event fires: the rows after the stop are NaN and numpy stays quiet
+    (it used to print 'overflow encountered in dot' into every generation log)."""
+    import warnings
+
+    system = expr.parse("x_0**2 * (0.9077 * x_0 * (15.34 * (0.1705 - 12.62 * x_0)**2 - 0.3538 * x_0) - 0.2999 * x_0)")
+    t = np.linspace(1.0, 10.0, 147)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = expr.integrate(system, [0.134802384708746], t, method="RK45", rtol=1e-3, atol=1e-6,
+                             first_step=None, max_abs=100.0, max_evals=30000)
+    assert out[0, 0] == pytest.approx(0.134802384708746)
+    assert np.isnan(out[-1, 0]) and np.all(np.isfinite(out[: np.argmax(np.isnan(out[:, 0])), 0]))
