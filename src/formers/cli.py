@@ -253,13 +253,14 @@ def generate_cmd(
     top_p: float = 1.0,
     stop_tokens: tuple[int, ...] = (),
     seed: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
     static_cache: bool = False,
     compile: bool = False,
 ) -> None:
     """Continue PROMPT with a trained byte-level LM (a run folder's latest checkpoint).
 
     Args:
+        device: auto (CUDA when present), cpu, cuda, cuda:N.
         max_new_tokens: default: fill the model's context (max_seq_len - prompt length).
         temperature: 0 = greedy. top_k: 0 = off. top_p: 1.0 = off (nucleus sampling below 1).
         stop_tokens: token ids that end generation (bytes: e.g. 10 for a newline).
