@@ -12,14 +12,6 @@ from formers.bench.profile import CATEGORIES, breakdown_markdown, categorize, st
 from formers.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("name, want", [
     ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "gemm"),
     ("nvjet_tst_192x192_64x4_2x1_v_bz_coopA_TNN", "gemm"),
