@@ -312,9 +312,17 @@ def _compare_odebench(models: Optional[str], seed: int, out: Optional[Path], opt
 
     settings = one_at_a_time(parse_floats(noise or "0", "--noise"), parse_floats(subsample, "--subsample"))
     names = [m.strip() for m in (models or "sindy,gplearn").split(",") if m.strip()]
+    ids: list[int] = []
+    for item in [o for o in opt if o.partition("=")[0].strip() == "ids"]:
+        text = item.partition("=")[2]
+        try:
+            ids += [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--opt ids: expected comma-separated ODEBench ids (1..63), got {text!r}") from None
     c = Console(stderr=True)
-    result = compare_odebench(names, settings, out or Path("runs") / "compare-odebench", seed=seed,
-                              options=parse_model_options(opt), progress=c.print)
+    result = compare_odebench(names, settings, out or Path("runs") / "compare-odebench", seed=seed, ids=ids,
+                              options=parse_model_options([o for o in opt if o.partition("=")[0].strip() != "ids"]),
+                              progress=c.print)
     Console().print(Markdown(table_markdown(result)))
     print(f"written: {result['files']['json']}, {result['files']['md']}")
 
@@ -346,7 +354,8 @@ def compare_cmd(
             their last checkpoint and refuses changed settings.
         noise / subsample (task odebench): comma-separated noise levels and fractions of
             points dropped, varied one at a time; models odeformer, sindy, gplearn;
-            --opt model.option=value (e.g. odeformer.model=RUN); results in OUT (default
+            --opt model.option=value (e.g. odeformer.model=RUN), --opt ids=1,5,7 for a subset
+            of the 63 systems; results in OUT (default
             runs/compare-odebench)/odebench-MODELS.json/.md (formers.sciml.ode.compare).
         horizons: comma-separated horizons (tasks with a ``horizon`` option only): one comparison
             per horizon in OUT/hH, and one table over all of them (OUT/compare-horizons.md/.json).

@@ -43,3 +43,23 @@ def test_bad_input_is_refused_before_work(tmp_path, capsys):
     assert "subsample" in capsys.readouterr().err
     assert main(["compare", "odebench", "--models", "sindy", "--opt", "sindy.depth=3"]) == 2
     assert "unknown option" in capsys.readouterr().err
+
+
+def test_compare_odebench_on_a_subset_of_systems(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    from tests.conftest import shared_data
+
+    pytest.importorskip("pysindy")
+    from formers.sciml.ode import odebench as ob
+
+    monkeypatch.setenv("FORMERS_DATA", str(shared_data(ob.ODEBENCH_FILE).parent))
+    out = tmp_path / "cmp"
+    assert main(["compare", "odebench", "--models", "sindy", "--opt", "ids=1,12", "--out", str(out)]) == 0
+    rec = json.loads((out / "odebench-sindy.json").read_text())
+    assert rec["ids"] == [1, 12] and {r["id"] for r in rec["results"][0]["records"]} == {1, 12}
+    capsys.readouterr()
+    assert main(["compare", "odebench", "--models", "sindy", "--opt", "ids=1,x", "--out", str(out)]) == 2
+    assert "--opt ids: expected comma-separated ODEBench ids (1..63), got '1,x'" in capsys.readouterr().err
+    assert main(["compare", "odebench", "--models", "sindy", "--opt", "ids=99", "--out", str(tmp_path / "c2")]) == 2
+    assert "unknown ODEBench id(s) [99]" in capsys.readouterr().err
