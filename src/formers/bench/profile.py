@@ -9,7 +9,9 @@ every kernel (CUDA) or the self time of every operator (CPU) by category:
 - ``attention``: flash / cuDNN / memory-efficient SDPA kernels (CPU: ``scaled_dot_product`` ops);
 - ``optimizer``: the fused AdamW and other ``multi_tensor`` kernels;
 - ``elementwise``: on CUDA the elementwise / reduction kernels inductor generates (LayerNorm, GELU, bias,
-  residual adds, the cross-entropy, casts); on CPU every other arithmetic operator;
+  residual adds, the cross-entropy, casts) and ATen's own elementwise / reduce kernels; on CPU every
+  other arithmetic operator;
+- ``indexing``: embedding lookups and their backward (sorts, scatters), gathers, index kernels;
 - ``copy / fill``: memcpy, memset, copies, concatenation, fills;
 - ``other``: the rest (e.g. NCCL).
 
@@ -24,7 +26,7 @@ import time
 from collections import defaultdict
 from typing import Any, Callable
 
-CATEGORIES = ("gemm", "attention", "optimizer", "elementwise", "copy / fill", "other")
+CATEGORIES = ("gemm", "attention", "optimizer", "elementwise", "indexing", "copy / fill", "other")
 
 # (category, substrings of the lower-cased kernel / operator name); the first match wins, so the
 # attention kernels (whose names also hold "sm90" or "gemm"-like parts) are tested before GEMMs
@@ -33,8 +35,9 @@ _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("optimizer", ("multi_tensor", "adam", "_foreach_")),
     ("gemm", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "aten::mm", "aten::addmm",
               "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear", "mkl", "sgemm")),
+    ("indexing", ("embedding", "index", "scatter", "gather", "radixsort", "radix_sort")),
     ("copy / fill", ("memcpy", "memset", "copy", "fill", "aten::cat", "aten::zero", "aten::empty")),
-    ("elementwise", ("aten::",)),
+    ("elementwise", ("aten::", "elementwise_kernel", "reduce_kernel")),
 )
 
 
@@ -127,7 +130,8 @@ def breakdown_markdown(rows: list[tuple[str, dict[str, Any]]], top: int = 12) ->
     for label, b in rows:
         cells = [label, f"{b['wall_ms']:.2f}", f"{b['kernel_ms']:.2f}",
                  "-" if b["busy"] is None else f"{b['busy']:.1%}", f"{b['kernels']:.0f}"]
-        cells += [f"{b['categories'][c]:.2f}" for c in CATEGORIES]
+        # "-": a category that the record's profiler version did not have
+        cells += [f"{b['categories'][c]:.2f}" if c in b["categories"] else "-" for c in CATEGORIES]
         lines.append("| " + " | ".join(cells) + " |")
     for label, b in rows:
         lines += ["", f"Top kernels of {label} (ms per step, calls per step):", ""]
