@@ -525,6 +525,8 @@ def bench_train_cmd(
     peers: str = "",
     batch_size: Optional[int] = None,
     seq_len: Optional[int] = None,
+    vocab: Optional[int] = None,
+    fused_ce_chunk: int = 0,
     steps: int = 10,
     warmup: int = 3,
     repeats: int = 3,
@@ -552,10 +554,12 @@ def bench_train_cmd(
 
     Args:
         preset: gpt2-small | gpt2-medium | tiny (CPU).
-        models: comma list of model presets (formers list model); NAME@G = MatFormer granularity G, NAME@all = every granularity. Empty: peers only.
+        models: comma list of model presets (formers list model); NAME@G = MatFormer granularity G, NAME@all = every granularity; suffixes ~unfused (separate Q, K, V GEMMs) and ~fusedce (chunked fused LM head + cross-entropy), combinable. Empty: peers only.
         peers: comma list of hf, xtransformers (pip install 'formers[peers]').
         batch_size: default: the preset's (16 for gpt2-*, 8 for tiny).
         seq_len: default: the preset's (1024 for gpt2-*, 128 for tiny).
+        vocab: vocabulary size (padded to a multiple of 64); default: the preset's (50257 for gpt2-*, 512 for tiny).
+        fused_ce_chunk: tokens per chunk of the ~fusedce entries' loss (0: formers.nn.linear_ce's default).
         steps: measured steps per window.
         warmup: steps before measuring (compilation happens here).
         repeats: windows per entry, interleaved across entries (A,B,C,A,B,C).
@@ -586,7 +590,7 @@ def bench_train_cmd(
         raise ValueError("give --compile or --no-compile, not both")
     old = read_record(compare) if compare is not None else None
     cfg = TrainBenchConfig(preset=preset, models=_csv(models), peers=_csv(peers), batch_size=batch_size,
-                           seq_len=seq_len, steps=steps, warmup=warmup, repeats=repeats,
+                           seq_len=seq_len, vocab_size=vocab, fused_ce_chunk=fused_ce_chunk, steps=steps, warmup=warmup, repeats=repeats,
                            compile=True if compile else (False if no_compile else None),
                            compile_mode=compile_mode, dtype=dtype, device=device, peak_tflops=peak_tflops,
                            sdpa_backend=sdpa_backend, interleave=interleave, threads=threads, seed=seed,

@@ -134,10 +134,17 @@ def test_unknown_model_and_granularity():
         expand_models(["baseline@1"], base)
     with pytest.raises(ValueError, match="granularity"):
         expand_models(["matformer@9"], base)
-    with pytest.raises(ValueError, match="only option after '~'"):
+    with pytest.raises(ValueError, match="options after '~' are unfused, fusedce, got 'fast'"):
         expand_models(["baseline~fast"], base)
+    with pytest.raises(ValueError, match="given twice"):
+        expand_models(["baseline~fusedce~fusedce"], base)
     assert expand_models(["baseline~unfused", "matformer@1~unfused"], base) == [
         ("baseline~unfused", "baseline", None), ("matformer@1~unfused", "matformer", 1)]
+    assert expand_models(["baseline~fusedce", "baseline~unfused~fusedce", "matformer@0~fusedce"], base) == [
+        ("baseline~fusedce", "baseline", None), ("baseline~unfused~fusedce", "baseline", None),
+        ("matformer@0~fusedce", "matformer", 0)]
+    assert [x[0] for x in expand_models(["matformer@all~fusedce"], base)] == [
+        f"matformer@{i}~fusedce" for i in range(4)]
     assert expand_models(["baseline", "matformer@all"], base) == [
         ("baseline", "baseline", None)] + [(f"matformer@{i}", "matformer", i) for i in range(4)]
 

@@ -8,6 +8,9 @@ step on the same batches:
     zero-free step: loss = CE(logits(ids).float(), targets)  [under autocast, inside torch.compile]
                     loss.backward(); AdamW.step() (fused on CUDA); zero_grad(set_to_none=True)
 
+(``NAME~fusedce`` entries: loss = linear_cross_entropy(hidden(ids), head.weight, targets), the
+chunked fused head + CE of :mod:`formers.nn.linear_ce`; ``NAME~unfused``: separate Q, K, V GEMMs.)
+
 Batches are **random token ids** (uniform over the vocabulary, fixed seed): the harness measures
 throughput only, not learning. Every entry is built and warmed up first (``warmup`` steps, which
 include compilation), then ``repeats`` rounds each time every entry in turn for ``steps`` steps
@@ -76,6 +79,7 @@ PRESETS: dict[str, BenchPreset] = {
     "tiny": BenchPreset(2, 128, 4, 128, 512, 8, "CPU smoke size"),
 }
 VOCAB_MULTIPLE = 64
+ENTRY_OPTIONS = ("unfused", "fusedce")  # NAME~OPTION (expand_models)
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -88,13 +92,14 @@ def padded_vocab(vocab: int, multiple: int = VOCAB_MULTIPLE) -> int:
     return -(-vocab // multiple) * multiple
 
 
-def preset_config(name: str, seq_len: int | None = None):
+def preset_config(name: str, seq_len: int | None = None, vocab: int | None = None):
     """The GPT-2-style baseline :class:`~formers.nn.config.ModelConfig` of preset ``name``: learned
     positions, pre-LayerNorm, tanh-GELU MLP 4x, biases, tied embeddings, no dropout, vocabulary
-    padded to a multiple of 64, ``max_seq_len`` = ``seq_len`` (default: the preset's).
+    (``vocab``, default the preset's) padded to a multiple of 64, ``max_seq_len`` = ``seq_len``
+    (default: the preset's).
 
     Raises:
-        ValueError: unknown preset or seq_len < 1.
+        ValueError: unknown preset, seq_len < 1 or vocab < 2.
     """
     from formers.nn.config import ModelConfig
 
@@ -104,7 +109,10 @@ def preset_config(name: str, seq_len: int | None = None):
     t = p.seq_len if seq_len is None else seq_len
     if not isinstance(t, int) or t < 1:
         raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
-    return ModelConfig(arch="decoder", vocab_size=padded_vocab(p.vocab), d_model=p.d_model,
+    v = p.vocab if vocab is None else vocab
+    if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+        raise ValueError(f"vocab must be an int >= 2, got {vocab!r}")
+    return ModelConfig(arch="decoder", vocab_size=padded_vocab(v), d_model=p.d_model,
                        n_layers=p.n_layers, n_heads=p.n_heads, max_seq_len=t, position="learned",
                        norm="layernorm", prenorm=True, attention="softmax", ffn="mlp", dropout=0.0,
                        bias=True, tie_embeddings=True)
@@ -117,9 +125,14 @@ class TrainBenchConfig(Config):
     Attributes:
         preset: ``gpt2-small`` | ``gpt2-medium`` | ``tiny``.
         models: our model presets (registry kind ``model``); ``NAME@G`` runs a MatFormer model at
-            granularity index G (``NAME@all``: every granularity).
+            granularity index G (``NAME@all``: every granularity); ``~unfused`` / ``~fusedce``
+            suffixes (combinable) give A/B entries, see :func:`expand_models`.
         peers: ``hf`` and / or ``xtransformers`` (need ``pip install 'formers[peers]'``).
         batch_size / seq_len: None = the preset's. steps: measured steps per window (>= 1).
+        vocab_size: None = the preset's; else this vocabulary (>= 2, padded to a multiple of 64),
+            e.g. a GPT-2-sized head on the tiny preset to measure the LM head on a CPU.
+        fused_ce_chunk: tokens per chunk of the ``~fusedce`` entries' loss (0 = the default of
+            :func:`formers.nn.linear_ce.default_chunk_tokens`).
         warmup: steps before measuring (compilation happens here; >= 1 when compiling).
         repeats: measurement windows per entry, interleaved across entries (>= 1).
         compile: torch.compile the loss (model + cross-entropy); None = on CUDA only.
@@ -151,6 +164,8 @@ class TrainBenchConfig(Config):
     peers: tuple[str, ...] = ()
     batch_size: int | None = None
     seq_len: int | None = None
+    vocab_size: int | None = None
+    fused_ce_chunk: int = 0
     steps: int = 10
     warmup: int = 3
     repeats: int = 3
@@ -184,12 +199,12 @@ class TrainBenchConfig(Config):
                 raise ValueError(f"{o}.peers: unknown peer {p!r}; known: {list(PEERS)}")
         if len(set(self.models)) != len(self.models) or len(set(self.peers)) != len(self.peers):
             raise ValueError(f"{o}: models / peers listed twice: {self.models} / {self.peers}")
-        for name in ("batch_size", "seq_len"):
+        for name, low in (("batch_size", 1), ("seq_len", 1), ("vocab_size", 2)):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{o}.{name} must be an int >= 1, got {v!r}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                raise ValueError(f"{o}.{name} must be an int >= {low}, got {v!r}")
         for name, low in (("steps", 1), ("warmup", 0), ("repeats", 1), ("threads", 0),
-                          ("profile_steps", 0)):
+                          ("profile_steps", 0), ("fused_ce_chunk", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{o}.{name} must be an int >= {low}, got {v!r}")
@@ -244,12 +259,15 @@ def inductor_settings(items: tuple[str, ...]) -> dict[str, Any]:
 def expand_models(models: tuple[str, ...] | list[str], base) -> list[tuple[str, str, int | None]]:
     """``[(label, preset name, granularity or None)]`` for the ``--models`` list; ``NAME@G`` picks
     MatFormer granularity index G, ``NAME@all`` every granularity of that model at ``base``'s size.
-    A trailing ``~unfused`` (``baseline~unfused``) runs that entry with the three separate W_Q,
-    W_K, W_V GEMMs (``SoftmaxAttention.fuse_qkv = False``): an A/B of the fused projection in one run.
+    Options after ``~`` (A/B entries of the same model in one run, combinable, each at most once,
+    e.g. ``baseline~unfused~fusedce``): ``~unfused`` runs the three separate W_Q, W_K, W_V GEMMs
+    (``SoftmaxAttention.fuse_qkv = False``); ``~fusedce`` computes the loss with the chunked
+    :func:`formers.nn.linear_ce.linear_cross_entropy` on the final hidden states and the head
+    weight (the (tokens, vocab) logits never exist). Labels keep the options in the given order.
 
     Raises:
-        ValueError: unknown model preset (naming the known ones), a granularity on a model without
-            MatFormer layers, or a granularity index out of range.
+        ValueError: unknown model preset (naming the known ones), an unknown or repeated option, a
+            granularity on a model without MatFormer layers, or a granularity index out of range.
     """
     import formers.nn  # noqa: F401  (registers the parts and presets)
     from formers.registry import names
@@ -257,10 +275,13 @@ def expand_models(models: tuple[str, ...] | list[str], base) -> list[tuple[str, 
     known = names("model")
     out: list[tuple[str, str, int | None]] = []
     for item in models:
-        core, tilde, option = item.partition("~")
-        if tilde and option != "unfused":
-            raise ValueError(f"model {item!r}: the only option after '~' is 'unfused', got {option!r}")
-        suffix = "~unfused" if tilde else ""
+        core, *options = item.split("~")
+        for o in options:
+            if o not in ENTRY_OPTIONS:
+                raise ValueError(f"model {item!r}: the options after '~' are {', '.join(ENTRY_OPTIONS)}, got {o!r}")
+        if len(set(options)) != len(options):
+            raise ValueError(f"model {item!r}: an option after '~' is given twice")
+        suffix = "".join("~" + o for o in options)
         name, at, g = core.partition("@")
         if name not in known:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(known)}")
@@ -316,9 +337,15 @@ def six_n_flops(n_params: int, n_layers: int, d_model: int, seq_len: int) -> flo
     return 6.0 * n_params + 12.0 * n_layers * d_model * seq_len
 
 
-def _loss_module(model, logits_fn: Callable):
+def _loss_module(model, logits_fn: Callable, fused_ce: bool = False, chunk_tokens: int | None = None):
+    """The step's loss as a module (what torch.compile compiles). ``fused_ce``: our model's final
+    hidden states (``model(ids, hidden=True)``) and ``model.head.weight`` go to
+    :func:`formers.nn.linear_ce.linear_cross_entropy` (chunked, ``chunk_tokens`` a chunk, None =
+    its default; no (tokens, vocab) logits)."""
     import torch.nn.functional as F
     from torch import nn
+
+    from formers.nn.linear_ce import linear_cross_entropy
 
     class LossOf(nn.Module):
         """CE of the next token: logits (batch, seq, vocab) upcast inside the (compiled) graph."""
@@ -328,6 +355,10 @@ def _loss_module(model, logits_fn: Callable):
             self.model = model
 
         def forward(self, ids, targets):
+            if fused_ce:
+                h = self.model(ids, hidden=True)
+                return linear_cross_entropy(h.flatten(0, 1), self.model.head.weight, targets.flatten(),
+                                            chunk_tokens=chunk_tokens)
             logits = logits_fn(self.model, ids)
             return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
@@ -343,6 +374,7 @@ class _Entry:
         self.logits_fn, self.granularity = logits_fn, granularity
         self.flops, self.flops_source = flops
         self.loss_fn = None
+        self.fused_ce = "fusedce" in label.split("~")[1:]
         self.opt = None
         self.times: list[float] = []
         self.window_medians: list[float] = []
@@ -405,7 +437,7 @@ class TrainBench:
             raise ValueError("TrainBenchConfig.warmup must be >= 1 when compiling (the first step compiles)")
         self.p = PRESETS[cfg.preset]
         self.batch = cfg.batch_size or self.p.batch_size
-        self.base = preset_config(cfg.preset, cfg.seq_len)
+        self.base = preset_config(cfg.preset, cfg.seq_len, cfg.vocab_size)
         self.seq_len = self.base.max_seq_len
         # everything that can fail on the arguments fails before any model is built
         self.model_specs = expand_models(cfg.models, self.base)
@@ -447,7 +479,7 @@ class TrainBench:
 
                 set_granularity(model, g)
                 flop_cfg = extract_config(model, g)
-            if label.endswith("~unfused"):
+            if "unfused" in label.split("~")[1:]:
                 from formers.nn.attention.softmax import SoftmaxAttention
 
                 for m in model.modules():
@@ -484,7 +516,7 @@ class TrainBench:
         params = [p for p in e.model.parameters() if p.requires_grad]
         kw = {"fused": True} if self.cuda else {}
         e.opt = torch.optim.AdamW(params, lr=self.cfg.lr, betas=(0.9, 0.95), weight_decay=0.1, **kw)
-        loss = _loss_module(e.model, e.logits_fn)
+        loss = _loss_module(e.model, e.logits_fn, e.fused_ce, self.cfg.fused_ce_chunk or None)
         if self.compile:
             dyn = torch._dynamo.config
             dyn.recompile_limit = max(dyn.recompile_limit, RECOMPILE_LIMIT)

@@ -79,10 +79,12 @@ class TransformerLM(nn.Module):
     """Decoder-only (``arch='decoder'``, causal) or encoder-only (``arch='encoder'``) model with an
     output projection to the vocabulary.
 
-    forward(ids (batch, seq_len) int64, cache=None, key_mask=None, capture=None)
+    forward(ids (batch, seq_len) int64, cache=None, key_mask=None, capture=None, hidden=False)
         -> logits (batch, seq_len, vocab_size).
     ``cache`` (from :meth:`new_cache`) enables incremental decoding; ``capture`` is a dict that
-    receives named intermediates (it does not change the outputs).
+    receives named intermediates (it does not change the outputs). ``hidden=True`` skips the head
+    and returns the final hidden states (batch, seq_len, d_model) (after the final norm), e.g. for
+    :func:`formers.nn.linear_ce.linear_cross_entropy` with ``self.head.weight``.
     Raises ValueError for ids out of range or sequences longer than ``max_seq_len``.
     """
 
@@ -107,7 +109,8 @@ class TransformerLM(nn.Module):
         return make_cache(self.cfg, self.cfg.n_layers, static=static, max_len=max_len)
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
-                key_mask: torch.Tensor | None = None, capture: dict | None = None) -> torch.Tensor:
+                key_mask: torch.Tensor | None = None, capture: dict | None = None,
+                hidden: bool = False) -> torch.Tensor:
         offset = cache.start(ids.device) if cache is not None else 0
         x, positions = self.embed(ids, offset, capture)
         ctx = Context(positions=positions, causal=self.stack.causal, position=self.embed.position,
@@ -115,6 +118,8 @@ class TransformerLM(nn.Module):
         x = self.stack(x, ctx, cache)
         if cache is not None:
             cache.advance(ids.shape[1])
+        if hidden:
+            return x
         logits = self.head(x)
         if capture is not None:
             capture["logits"] = logits.detach()
