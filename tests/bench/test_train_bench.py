@@ -296,3 +296,49 @@ def test_inductor_settings_parse():
 
     assert inductor_settings(("coordinate_descent_tuning=true", "triton.cudagraphs=false")) == {
         "coordinate_descent_tuning": True, "triton.cudagraphs": False}
+
+
+def test_fusedce_entry_matches_baseline_loss(tmp_path, monkeypatch):
+    """``baseline~fusedce`` (chunked fused head + CE) beside ``baseline``: same weights, same
+    batches, same optimizer steps, so the final losses agree; --vocab and --fused-ce-chunk reach
+    the run (a 1,000-token vocabulary padded to 1,024; 7-token chunks of 2 x 16 tokens)."""
+    from formers.nn import linear_ce
+
+    calls, real = [], linear_ce.linear_cross_entropy
+
+    def counting(h, w, t, **kw):
+        calls.append((tuple(h.shape), tuple(w.shape), kw["chunk_tokens"]))
+        return real(h, w, t, **kw)
+
+    monkeypatch.setattr(linear_ce, "linear_cross_entropy", counting)
+    rc = main(["bench", "train", "--preset", "tiny", "--device", "cpu", "--models", "baseline,baseline~fusedce",
+               "--batch-size", "2", "--seq-len", "16", "--vocab", "1000", "--fused-ce-chunk", "7", "--steps", "2",
+               "--warmup", "2", "--repeats", "1", "--no-compile", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    rec = json.loads((tmp_path / "train_bench-cpu-tiny.json").read_text())
+    assert rec["vocab_size"] == 1024 and rec["config"]["fused_ce_chunk"] == 7
+    base, fused = rec["rows"]
+    assert (base["name"], fused["name"]) == ("baseline", "baseline~fusedce")
+    assert base["params"] == fused["params"]
+    # only the ~fusedce entry's 4 steps went through the fused loss: (32, 128) hidden, (1024, 128) head
+    assert calls == [((32, 128), (1024, 128), 7)] * 4
+    # 4 AdamW steps from the same start: the losses agree to fp32 rounding (start: ln 1024 = 6.93)
+    assert fused["final_loss"] == pytest.approx(base["final_loss"], rel=1e-5)
+    assert 5.0 < base["final_loss"] < 7.5
+    with pytest.raises(ValueError, match="vocab_size must be an int >= 2"):
+        TrainBenchConfig(vocab_size=1)
+    with pytest.raises(ValueError, match="fused_ce_chunk must be an int >= 0"):
+        TrainBenchConfig(fused_ce_chunk=-1)
+
+
+def test_fusedce_compiled_step_has_no_graph_break():
+    """The compiled loss of ``~fusedce`` entries (the autograd.Function traced by dynamo, with
+    ``~unfused`` too): one graph, no break, the baseline's loss."""
+    torch._dynamo.reset()
+    cfg = TrainBenchConfig(device="cpu", models=("baseline", "baseline~fusedce", "baseline~unfused~fusedce"),
+                           batch_size=2, seq_len=16, steps=1, warmup=1, repeats=1, compile=True,
+                           compile_backend="aot_eager", fused_ce_chunk=12)
+    rec = TrainBench(cfg).run()
+    for r in rec["rows"]:
+        assert r["graph_breaks"] == 0 and r["compiles"] == 1, r["name"]
+        assert r["final_loss"] == pytest.approx(rec["rows"][0]["final_loss"], rel=1e-5), r["name"]
