@@ -70,12 +70,19 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
         losses.append(torch.where(valid, lse - picked, torch.zeros_like(lse)).sum())
         if not (want_h or want_w):
             continue
-        # d loss / d logits = (softmax - onehot) / n_valid on valid rows, 0 on ignored rows;
-        # in place over z (eager: one (c, V) buffer in acc, one in cd; compiled: fused anyway)
-        p = z.sub_(lse.unsqueeze(1)).exp_()
-        p.scatter_add_(1, safe, torch.full_like(lse, -1.0).unsqueeze(1))
-        g = p.mul_((valid.to(acc) * scale).unsqueeze(1)).to(cd)  # (c, V)
-        del z, p
+        # d loss / d logits = (softmax - onehot) / n_valid on valid rows, 0 on ignored rows
+        row_scale = (valid.to(acc) * scale).unsqueeze(1)  # (c, 1)
+        if torch.compiler.is_compiling():
+            # one pointwise expression (the one-hot as a comparison with an iota): inductor fuses it
+            # into a single kernel that reads the logits and writes g, with no (c, V) fp32 buffer
+            onehot = torch.arange(z.shape[1], device=z.device).unsqueeze(0) == safe
+            g = ((torch.exp(z - lse.unsqueeze(1)) - onehot.to(acc)) * row_scale).to(cd)
+        else:  # eager: in place over z, so one (c, V) buffer in acc (and one in cd when narrower)
+            p = z.sub_(lse.unsqueeze(1)).exp_()
+            p.scatter_add_(1, safe, torch.full_like(lse, -1.0).unsqueeze(1))
+            g = p.mul_(row_scale).to(cd)  # (c, V)
+            del p
+        del z
         if want_h:
             gh.append((g @ w).to(hidden.dtype))  # (c, d)
         if want_w:
