@@ -598,7 +598,8 @@ def bench_train_cmd(
     if old is not None:  # the run must not overwrite the result it is compared against
         from formers.bench.train import result_stem
 
-        refuse_overwrite(compare, out, result_stem({"device_tag": _device_tag(device), "preset": preset, "tag": tag}))
+        refuse_overwrite(compare, out, result_stem({"device_tag": _device_tag(device), "preset": preset, "tag": tag}),
+                         "pass another --out or a --tag")
     progress = None if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     record, paths = run_bench(cfg, out, progress)
     print(table_markdown(record))

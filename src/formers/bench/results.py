@@ -50,8 +50,9 @@ def settings_differ(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, .
     return ("settings differ: " + ", ".join(diff) + " (the change is not the code's alone)") if diff else None
 
 
-def refuse_overwrite(compare: str | os.PathLike, out_dir: str | os.PathLike, stem: str) -> None:
-    """ValueError when the run would write ``out_dir/stem.json``, the very file ``--compare`` reads."""
+def refuse_overwrite(compare: str | os.PathLike, out_dir: str | os.PathLike, stem: str,
+                     remedy: str = "pass another --out") -> None:
+    """ValueError when the run would write ``out_dir/stem.json``, the very file ``--compare`` reads;
+    the message ends with ``remedy``."""
     if (Path(out_dir) / f"{stem}.json").resolve() == Path(compare).resolve():
-        raise ValueError(f"--compare {compare} is the file this run would write (--out {out_dir}); "
-                         f"pass another --out{' or a --tag' if stem.startswith('train_bench') else ''}")
+        raise ValueError(f"--compare {compare} is the file this run would write (--out {out_dir}); {remedy}")
