@@ -43,6 +43,10 @@ class TrainConfig(Config):
     that do not fit one GPU (bf16 compute / fp32 gradient reduction when the dtype is bf16; AdamW
     only, no SAM). Either way ``batch_size`` is the global batch, so a run may be resumed under
     the other mode or at another world size (:mod:`formers.train.distributed`).
+    init_from: a run or checkpoint folder whose model weights start this run (the same model
+    config is required); optimiser state, step, schedule and RNG start fresh. For continuing a
+    model on other data or other settings, which ``resume`` refuses; a resumed run loads its
+    own checkpoint instead.
     """
 
     max_steps: int = 1000
@@ -72,6 +76,7 @@ class TrainConfig(Config):
     optimizer: Literal["adamw", "lbfgs"] = "adamw"
     lbfgs_max_iter: int = 20
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         o = "TrainConfig"

@@ -293,6 +293,9 @@ class Trainer:
         self.tokens_seen = 0
         self.bad_evals = 0            # evaluations since the selection metric last improved
         self.stopped: int | None = None  # the step early stopping ended the run at
+        if cfg.init_from is not None and not (self.resume and ckpt is not None):
+            load_checkpoint(cfg.init_from, self.model, None, restore_rng=False)
+            self._say(f"starting from the weights of {cfg.init_from}")
         if self.resume:
             if ckpt is None:
                 print(f"formers: no checkpoint in {self.out_dir}: starting a fresh run", file=sys.stderr)
