@@ -67,3 +67,22 @@ def test_model_must_fit_the_task(task):
         task.build_model(variant_config("odeformer-tiny", max_dimension=1, max_output_len=8))
     with pytest.raises(ValueError, match="vocabularies"):
         task.build_model(variant_config("odeformer-tiny", max_dimension=1).replace(max_dimension=2))
+
+
+def test_data_from_several_shard_folders(tmp_path):
+    from formers.sciml.ode.generate import GeneratorConfig, generate_dataset, iter_samples
+
+    cfg = GeneratorConfig(max_dim=1)
+    generate_dataset(tmp_path / "a", 4, cfg, seed=0, shard_size=4)
+    generate_dataset(tmp_path / "b", 6, cfg, seed=1, shard_size=3)  # another seed and shard size
+    a, b = list(iter_samples(tmp_path / "a")), list(iter_samples(tmp_path / "b"))
+    both = ODETask(data=[str(tmp_path / "a"), str(tmp_path / "b")], max_dim=1, eval_size=2)
+    assert [s["tokens"] for s in both.pool + both.val] == [s["tokens"] for s in a + b]
+    assert [s["tokens"] for s in both.val] == [s["tokens"] for s in b[-2:]]  # the last folder's tail
+    assert both.options["data"] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    one = ODETask(data=[str(tmp_path / "a")], max_dim=1, eval_size=2)  # a one-folder list = the folder
+    assert one.options["data"] == str(tmp_path / "a") and len(one.pool) == 2
+    with pytest.raises(ValueError, match="at least one folder"):
+        ODETask(data=[], max_dim=1)
+    with pytest.raises(ValueError, match="not a folder"):
+        ODETask(data=[str(tmp_path / "a"), str(tmp_path / "missing")], max_dim=1)

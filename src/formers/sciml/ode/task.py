@@ -6,8 +6,9 @@ from ``formers data ode``), ``formers train ode --model odeformer-tiny --opt fam
 1-D linear/logistic smoke family of :mod:`formers.sciml.ode.laws`).
 
 Data. Samples are generator-format dicts (:func:`formers.sciml.ode.generate.generate_sample`).
-With ``data`` the task reads every shard in that folder and holds out its last
-``eval_size`` samples for validation; otherwise it makes ``pool_size`` samples with the paper's
+With ``data`` (one folder, or a list of folders: data sets generated with other seeds or shard
+sizes, joined in the order given) the task reads every shard and holds out the last
+``eval_size`` samples (of the last folder) for validation; otherwise it makes ``pool_size`` samples with the paper's
 generator (``GeneratorConfig(max_dim=max_dim)``) into the user cache
 ``$XDG_CACHE_HOME/formers/data/ode-pool-...`` (made once, reused by later runs) and the
 validation set is ``eval_size`` samples from a disjoint seed stream (for ``family=laws``: the
@@ -67,7 +68,8 @@ class ODETask(Task):
     """Symbolic regression of ODE systems from trajectories (ODEFormer, arXiv 2310.05573).
 
     Options:
-        data: a folder of shards from ``formers data ode`` (None = a generated, cached pool).
+        data: a folder of shards from ``formers data ode``, or a list of such folders (joined in
+            order; None = a generated, cached pool).
         family: ``random`` (the paper's generator) or ``laws`` (1-D linear/logistic smoke family).
         max_dim: largest system dimension generated (paper 6; default 2); must not exceed the
             model's ``max_dimension``.
@@ -91,9 +93,9 @@ class ODETask(Task):
                  workers: int = 1) -> None:
         super().__init__(seed)
         if isinstance(data, (list, tuple)):
-            if len(data) != 1:
-                raise ValueError(f"ode task: data takes one folder of shards, got {list(data)}")
-            data = data[0]
+            if not data:
+                raise ValueError("ode task: data needs at least one folder of shards, got []")
+            data = [str(d) for d in data] if len(data) > 1 else str(data[0])
         if family not in FAMILIES:
             raise ValueError(f"ode task: family must be one of {list(FAMILIES)}, got {family!r}")
         for name, v, lo in (("max_dim", max_dim, 1), ("pool_size", pool_size, 1), ("eval_size", eval_size, 1),
@@ -105,7 +107,8 @@ class ODETask(Task):
             max_dim = 1
         if not (0 <= noise and 0 <= subsample < 1):
             raise ValueError(f"ode task: need noise >= 0 and 0 <= subsample < 1, got {noise}, {subsample}")
-        self.options = {"data": None if data is None else str(data), "family": family, "max_dim": max_dim,
+        self.options = {"data": None if data is None else data if isinstance(data, list) else str(data),
+                        "family": family, "max_dim": max_dim,
                         "pool_size": pool_size, "eval_size": eval_size, "eval_decode": eval_decode,
                         "noise": noise, "subsample": subsample, "max_tokens": max_tokens, "workers": workers}
         self.max_dim, self.noise, self.subsample, self.max_tokens = max_dim, noise, subsample, max_tokens
@@ -129,13 +132,14 @@ class ODETask(Task):
             return self._keep(pool), self._keep([laws.law_sample(rng, held_out=True) for _ in range(eval_size)])
         cfg = G.GeneratorConfig(max_dim=self.max_dim, max_prefix_len=self.max_tokens)
         if data is not None:
-            folder = Path(data)
-            if not folder.is_dir():
-                raise ValueError(f"ode task: data {folder} is not a folder of shards (make one with "
-                                 f"`formers data ode --out {folder}`)")
-            samples = self._keep(list(G.iter_samples(folder)))
+            folders = [Path(d) for d in (data if isinstance(data, list) else [data])]
+            for folder in folders:
+                if not folder.is_dir():
+                    raise ValueError(f"ode task: data {folder} is not a folder of shards (make one with "
+                                     f"`formers data ode --out {folder}`)")
+            samples = self._keep([s for folder in folders for s in G.iter_samples(folder)])
             if len(samples) <= eval_size:
-                raise ValueError(f"ode task: {folder} has {len(samples)} samples with dim <= {self.max_dim} "
+                raise ValueError(f"ode task: {data} has {len(samples)} samples with dim <= {self.max_dim} "
                                  f"and at most {self.max_tokens} tokens; need more than eval_size = {eval_size}")
             return samples[:-eval_size], samples[-eval_size:]  # the last shard's tail is held out
         else:
