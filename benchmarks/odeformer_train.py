@@ -55,7 +55,7 @@ def gen(args) -> dict:
 
     cfg = GeneratorConfig(max_dim=args.max_dim, max_prefix_len=args.max_tokens)
     t0 = time.perf_counter()
-    summary = generate_dataset(args.data, args.samples, cfg, seed=args.seed, shard_size=args.shard_size,
+    summary = generate_dataset(args.data[-1], args.samples, cfg, seed=args.seed, shard_size=args.shard_size,
                                workers=args.workers, progress=not args.quiet)
     summary["samples_per_s"] = summary["samples"] / max(time.perf_counter() - t0, 1e-9)
     print(json.dumps(summary, indent=2))
@@ -63,14 +63,16 @@ def gen(args) -> dict:
 
 
 def train_command(args) -> list[str]:
-    opts = [f"data={args.data}", f"max_dim={args.max_dim}", f"max_tokens={args.max_tokens}",
+    data = args.data[0] if len(args.data) == 1 else "[" + ",".join(map(str, args.data)) + "]"
+    opts = [f"data={data}", f"max_dim={args.max_dim}", f"max_tokens={args.max_tokens}",
             f"noise={args.noise}", f"subsample={args.subsample}", f"eval_size={args.eval_size}",
             f"eval_decode={args.eval_decode}"]
     return [sys.executable, "-m", "formers", "train", "ode", "--model", args.variant, "--out", str(args.run),
             "--resume", "--device", args.device, "--max-steps", str(args.steps), "--batch-size",
             str(args.batch_size), "--lr", str(args.lr), "--warmup-steps", str(args.warmup),
             "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.checkpoint_every),
-            "--opt", *opts] + (["--quiet"] if args.quiet else [])
+            "--opt", *opts] + (["--quiet"] if args.quiet else []) + (
+        ["--init-from", str(args.init_from)] if args.init_from else [])
 
 
 def train(args) -> dict:
@@ -101,14 +103,17 @@ def train(args) -> dict:
 
 def bench(args) -> dict:
     """ODEBench through formers.sciml.ode.compare (resumable, atomic JSON/MD after each pair)."""
-    from formers.sciml.ode.compare import compare_odebench, one_at_a_time
+    from formers.sciml.ode.compare import compare_odebench, parse_model_options
 
     odeformer = {"model": str(args.run), "device": args.device, "method": args.method,
-                 "beam_size": args.beam_size, "temperature": args.temperature}
-    settings = one_at_a_time([0.0, 0.05], [0.5])
-    name = "odeformer-smoke" if args.smoke else f"{args.variant}-{'cpu' if args.device == 'cpu' else 'cuda'}"
-    result = compare_odebench(args.models.split(","), settings, args.results, name, args.seed, args.ids,
-                              {"odeformer": odeformer},
+                 "beam_size": args.beam_size, "temperature": args.temperature, "max_len": args.max_len}
+    settings = parse_settings(args.settings)
+    name = args.name or ("odeformer-smoke" if args.smoke
+                         else f"{args.variant}-{'cpu' if args.device == 'cpu' else 'cuda'}")
+    models = args.models.split(",")
+    options = {m: o for m, o in {**parse_model_options(args.opt), "odeformer": odeformer}.items() if m in models}
+    result = compare_odebench(models, settings, args.results, name, args.seed, args.ids,
+                              options,
                               progress=None if args.quiet else lambda m: print(m, file=sys.stderr))
     for r in result["results"]:
         s = r["summary"]["all"]
@@ -119,11 +124,63 @@ def bench(args) -> dict:
     return result
 
 
+def parse_settings(text: str) -> list[tuple[float, float]]:
+    """``"0/0,0.05/0,0/0.5"`` -> [(noise, dropped fraction), ...]."""
+    try:
+        return [(float(n), float(d)) for n, _, d in (p.partition("/") for p in text.split(","))]
+    except ValueError:
+        raise SystemExit(f"--settings: expected noise/dropped pairs like 0/0,0.05/0,0/0.5, got {text!r}")
+
+
+def merge(args) -> dict:
+    """Join result files of separate `bench` processes run side by side (one per model, setting
+    or slice of --ids; same seed) into OUT/odebench-NAME.json / .md: the records of each (model,
+    setting) are pooled and summarised again. Every (model, setting) must cover every system
+    that any part covers."""
+    from formers.atomic import write_json, write_text
+    from formers.sciml.ode.compare import table_markdown
+    from formers.sciml.ode.odebench import summarize
+
+    parts = [json.loads(Path(f).read_text()) for f in args.inputs]
+    if not parts or any(p["seed"] != parts[0]["seed"] for p in parts):
+        raise SystemExit(f"merge: need --inputs from bench runs with one seed, got {args.inputs}")
+    ids = sorted({i for p in parts for i in p["ids"]})
+    groups: dict[tuple, dict] = {}
+    for p in parts:
+        for r in p["results"]:
+            g = groups.setdefault((r["model"], r["noise"], r["subsample"]),
+                                  {"model": r["model"], "noise": r["noise"], "subsample": r["subsample"],
+                                   "seconds": 0.0, "records": []})
+            g["seconds"] += r["seconds"]
+            g["records"] += r["records"]
+    for key, g in groups.items():
+        got = [rec["id"] for rec in g["records"]]
+        missing, twice = sorted(set(ids) - set(got)), sorted({i for i in got if got.count(i) > 1})
+        if missing or twice:
+            raise SystemExit(f"merge: {key} lacks systems {missing} / has systems {twice} more than once")
+        g["records"].sort(key=lambda rec: rec["id"])
+        g["summary"] = summarize(g["records"])
+    out = {"benchmark": parts[0]["benchmark"], "seed": parts[0]["seed"], "ids": ids,
+           "results": [{k: g[k] for k in ("model", "noise", "subsample", "seconds", "summary", "records")}
+                       for g in groups.values()],
+           "system": parts[0].get("system"),
+           "options": {k: v for p in parts for k, v in (p.get("options") or {}).items()},
+           "merged_from": [Path(f).name for f in args.inputs]}
+    path = Path(args.results) / f"odebench-{args.name}.json"
+    write_json(path, out)
+    write_text(path.with_suffix(".md"), table_markdown(out))
+    print(table_markdown(out))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("phase", choices=["gen", "train", "bench", "all"])
+    p.add_argument("phase", choices=["gen", "train", "bench", "merge", "all"])
     p.add_argument("--smoke", action="store_true", help="tiny everything, CPU, about a minute")
-    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--data", type=Path, nargs="+", default=[DATA],
+                   help="shard folders (train joins them in order; gen writes to the last)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="train: start a new run from this run's weights (e.g. one trained on less data)")
     p.add_argument("--run", type=Path, default=RUN)
     p.add_argument("--samples", type=int, default=120_000)
     p.add_argument("--workers", type=int, default=16)
@@ -150,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="sampling", choices=["sampling", "beam"])
     p.add_argument("--beam-size", type=int, default=50, help="paper README: 50 samples at 0.1")
     p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--max-len", type=int, default=300,
+                   help="bench: new tokens per candidate (training prefixes have at most --max-tokens)")
+    p.add_argument("--settings", default="0/0,0.05/0,0/0.5",
+                   help="bench: noise/dropped-fraction pairs (paper: one factor at a time)")
+    p.add_argument("--name", default=None, help="bench/merge: results name (odebench-NAME.json)")
+    p.add_argument("--inputs", nargs="*", default=[], help="merge: odebench-*.json files to join")
+    p.add_argument("--opt", nargs="*", default=[],
+                   help="bench: baseline options, e.g. gplearn.generations=20 (odeformer's come from the flags)")
     p.add_argument("--ids", type=int, nargs="*", default=[])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
@@ -157,15 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         smoke = ROOT / "runs" / "odeformer-smoke"
-        args.data, args.run = smoke / "shards", smoke / "run"
+        args.data, args.run = [smoke / "shards"], smoke / "run"
         args.samples, args.workers, args.shard_size, args.max_dim = 24, 1, 12, 2
         args.variant, args.device, args.steps, args.batch_size = "odeformer-tiny", "cpu", 4, 8
         args.warmup, args.eval_every, args.checkpoint_every = 1, 4, 2
         args.eval_size, args.eval_decode, args.max_tokens = 8, 2, 60
         args.beam_size, args.ids, args.minutes, args.models = 2, args.ids or [1, 2, 24], 5, "odeformer,sindy"
+        args.max_len = 100
         args.results = smoke
     for phase in (["gen", "train", "bench"] if args.phase == "all" else [args.phase]):
-        {"gen": gen, "train": train, "bench": bench}[phase](args)
+        {"gen": gen, "train": train, "bench": bench, "merge": merge}[phase](args)
     return 0
 
 
