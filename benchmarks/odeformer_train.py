@@ -103,7 +103,7 @@ def train(args) -> dict:
 
 def bench(args) -> dict:
     """ODEBench through formers.sciml.ode.compare (resumable, atomic JSON/MD after each pair)."""
-    from formers.sciml.ode.compare import compare_odebench, parse_model_options
+    from formers.sciml.ode.compare import compare_odebench, make_fit, parse_model_options
 
     odeformer = {"model": str(args.run), "device": args.device, "method": args.method,
                  "beam_size": args.beam_size, "temperature": args.temperature, "max_len": args.max_len}
@@ -111,13 +111,15 @@ def bench(args) -> dict:
     name = args.name or ("odeformer-smoke" if args.smoke
                          else f"{args.variant}-{'cpu' if args.device == 'cpu' else 'cuda'}")
     models = args.models.split(",")
-    options = {m: o for m, o in {**parse_model_options(args.opt), "odeformer": odeformer}.items() if m in models}
-    result = compare_odebench(models, settings, args.results, name, args.seed, args.ids,
-                              options,
+    options = {**parse_model_options(args.opt), "odeformer": odeformer}
+    label = {m: args.variant if m == "odeformer" else m for m in models}  # rows name the trained variant
+    fits = {label[m]: make_fit(m, options.get(m)) for m in models}
+    result = compare_odebench(fits, settings, args.results, name, args.seed, args.ids,
+                              {label[m]: options[m] for m in models if m in options},
                               progress=None if args.quiet else lambda m: print(m, file=sys.stderr))
     for r in result["results"]:
         s = r["summary"]["all"]
-        print(f"{r['model']:10s} noise {r['noise']:<4} drop {r['subsample']:<3}: reconstruction "
+        print(f"{r['model']:15s} noise {r['noise']:<4} drop {r['subsample']:<3}: reconstruction "
               f"{s['acc_reconstruction']:.3f} generalisation {s['acc_generalization']:.3f} "
               f"({s['mean_fit_seconds']:.2f} s/system)")
     print(f"written: {result['files']['json']}")
