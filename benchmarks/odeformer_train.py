@@ -164,10 +164,10 @@ def merge(args) -> dict:
         g["summary"] = summarize(g["records"])
     out = {"benchmark": parts[0]["benchmark"], "seed": parts[0]["seed"], "ids": ids,
            "results": [{k: g[k] for k in ("model", "noise", "subsample", "seconds", "summary", "records")}
-                       for g in groups.values()],
+                       for g in sorted(groups.values(), key=lambda g: (g["subsample"], g["noise"]))],
            "system": parts[0].get("system"),
            "options": {k: v for p in parts for k, v in (p.get("options") or {}).items()},
-           "merged_from": [Path(f).name for f in args.inputs]}
+           "merged_from": [Path(f).name for f in args.inputs], "commit": args.commit}
     path = Path(args.results) / f"odebench-{args.name}.json"
     write_json(path, out)
     write_text(path.with_suffix(".md"), table_markdown(out))
@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="bench: noise/dropped-fraction pairs (paper: one factor at a time)")
     p.add_argument("--name", default=None, help="bench/merge: results name (odebench-NAME.json)")
     p.add_argument("--inputs", nargs="*", default=[], help="merge: odebench-*.json files to join")
+    p.add_argument("--commit", default=None, help="merge: the commit the parts ran at (recorded)")
     p.add_argument("--opt", nargs="*", default=[],
                    help="bench: baseline options, e.g. gplearn.generations=20 (odeformer's come from the flags)")
     p.add_argument("--ids", type=int, nargs="*", default=[])
