@@ -1,38 +1,41 @@
 """ODEFormer on one GPU within a few 10-minute calls: generate data, train (resumable), evaluate
 on ODEBench beside SINDy and gplearn.
 
-Three phases, each a separate command so that each fits one call (all resume):
+Four phases, each a separate command so that each fits one call (gen, train and bench resume):
 
     # 1. data: the paper's generator (dims 1..4) on every CPU core, as shards (resumable)
     .venv/bin/python benchmarks/odeformer_train.py gen --samples 120000 --workers 16
-    # 2. training: `formers train ode` on the shards, killed cleanly at --minutes and resumed by
-    #    the next call (same command) from its last checkpoint; --copy-to fetches the model
+    # 2. training: `formers train ode` on the shard folders, killed cleanly at --minutes and resumed
+    #    by the next call (same command) from its last checkpoint; --init-from RUN starts a new run
+    #    from RUN's weights (e.g. on more data than RUN saw); --copy-to fetches the model
     .venv/bin/python benchmarks/odeformer_train.py train --device cuda --minutes 8 --copy-to $OUT
     # 3. ODEBench: reconstruction / generalisation accuracy (R2 > 0.9) by dimension, ODEFormer
     #    beside SINDy and gplearn, at noise 0 and 0.05 and with 50% of the points dropped
     .venv/bin/python benchmarks/odeformer_train.py bench --device cuda --models odeformer,sindy,gplearn
-    # all three in a minute on CPU (tiny data, tiny model, 3 ODEBench systems):
+    # 4. bench parts run side by side (--settings, --ids, --name per process) into one table
+    .venv/bin/python benchmarks/odeformer_train.py merge --inputs parts/*.json --name H200
+    # all of 1-3 in a minute on CPU (tiny data, tiny model, 3 ODEBench systems):
     .venv/bin/python benchmarks/odeformer_train.py all --smoke
 
-Model: ``odeformer-gpu`` (d_model 256, 4 encoder / 6 decoder layers, 8 heads, point-token width
-64, max_dimension 6: 15.0M parameters, of which 2.6M are the 10,234-token output embedding) -- the
-paper's model is d_model 512, 4 / 12 (or 16) layers, 16 heads (~70-86M parameters) trained on
-~50M generated systems for days; this run sees ~10^5 systems for minutes. Training uses the
-paper's corruption (noise up to 0.1, up to 50% of the points dropped), Adam-style AdamW with
-warm-up and cosine decay, gradient clipping at 1, bf16 autocast.
+Models: ``odeformer-gpu`` (d_model 256, 4 encoder / 6 decoder layers, 8 heads, point-token width
+64, max_dimension 6: 15.0M parameters, of which 2.6M are the 10,234-token output embedding) and
+``odeformer-paper`` (the paper's shape: d_model 512, 4 / 12 layers, 16 heads: 71.7M). The paper
+trains on ~50M generated systems for days; the H200 run (benchmarks/BENCHMARKS.md, "ODEFormer
+trained on the H200") saw 44,600 systems for ~12 minutes per model, overfitted them and scored
+0-6% on ODEBench. Training uses the paper's corruption (noise up to 0.1, up to 50% of the points
+dropped), AdamW with warm-up and cosine decay, gradient clipping at 1, bf16 autocast.
 
 NaN on the H200 (torch 2.11, fixed in formers.nn.attention.core): the first runs diverged
 ("train loss is nan" at steps 453 and 603, lr 4e-4 and 2e-4) after a finite loss with a NaN
 gradient norm, both times on a batch whose longest trajectory had 192 points. cuDNN attention,
 torch 2.11's default SDPA kernel for masked attention on Hopper, returns NaN grad_q for an
 explicit mask at key length 64 mod 128 (pytorch/pytorch#196678); the encoder's and the
-cross-attention's padding masks hit it. ``attend`` now leaves cuDNN out of masked SDPA calls.
-Not an optimisation problem (the gradient norm stayed below 6 up to the NaN step), so the recipe
-is unchanged; the paper's is Adam 2e-4 with 10,000 warm-up steps, ~10k tokens per batch, clip 1.
+cross-attention's padding masks hit it. ``attend`` now leaves cuDNN out of masked SDPA calls
+that autograd differentiates; the runs since had no non-finite step.
 
 Phase 3 is formers.sciml.ode.compare (the harness of `formers compare odebench`): it writes
-benchmarks/results/odebench-odeformer-gpu-cuda.json / .md atomically after every (model,
-setting), and a re-run skips the pairs already done, so it too can span several calls.
+OUT/odebench-NAME.json / .md atomically after every (model, setting), and a re-run skips the
+pairs already done, so it too can span several calls.
 """
 
 from __future__ import annotations
