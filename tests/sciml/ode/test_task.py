@@ -86,3 +86,29 @@ def test_data_from_several_shard_folders(tmp_path):
         ODETask(data=[], max_dim=1)
     with pytest.raises(ValueError, match="not a folder"):
         ODETask(data=[str(tmp_path / "a"), str(tmp_path / "missing")], max_dim=1)
+
+
+def test_shard_folders_that_repeat_samples_are_refused_and_drops_are_reported(tmp_path, capsys):
+    from formers.sciml.ode.generate import GeneratorConfig, generate_dataset
+
+    torch.set_num_threads(1)
+    cfg = GeneratorConfig(max_dim=1)
+    generate_dataset(tmp_path / "a", 4, cfg, seed=0, shard_size=4, progress=False)
+    generate_dataset(tmp_path / "same", 4, cfg, seed=0, shard_size=4, progress=False)  # same seed: the same systems
+    with pytest.raises(ValueError, match="twice"):
+        ODETask(data=[str(tmp_path / "a"), str(tmp_path / "a")], max_dim=1, eval_size=2)
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ValueError, match="twice"):
+        ODETask(data=[str(tmp_path / "a"), str(tmp_path / "x" / ".." / "a")], max_dim=1, eval_size=2)
+    with pytest.raises(ValueError, match="2 of the 2 held-out samples"):
+        ODETask(data=[str(tmp_path / "a"), str(tmp_path / "same")], max_dim=1, eval_size=2)
+    # samples above max_dim are dropped, and the user is told how many
+    generate_dataset(tmp_path / "d2", 6, GeneratorConfig(min_dim=2, max_dim=2), seed=3, shard_size=6,
+                     progress=False)
+    capsys.readouterr()
+    task = ODETask(data=[str(tmp_path / "a"), str(tmp_path / "d2")], max_dim=1, eval_size=2)
+    assert len(task.pool) + len(task.val) == 4
+    err = capsys.readouterr().err
+    assert "training on 4 of the 10 samples" in err and "6 have dimension > max_dim = 1" in err
+    ODETask(data=str(tmp_path / "a"), max_dim=1, eval_size=2)  # nothing dropped: silent
+    assert capsys.readouterr().err == ""

@@ -8,7 +8,9 @@ from ``formers data ode``), ``formers train ode --model odeformer-tiny --opt fam
 Data. Samples are generator-format dicts (:func:`formers.sciml.ode.generate.generate_sample`).
 With ``data`` (one folder, or a list of folders: data sets generated with other seeds or shard
 sizes, joined in the order given) the task reads every shard and holds out the last
-``eval_size`` samples (of the last folder) for validation; otherwise it makes ``pool_size`` samples with the paper's
+``eval_size`` samples (of the last folder) for validation; a folder named twice, or held-out
+samples that also occur in training (folders made with the same seed and shard indices), are
+refused, and the samples dropped by ``max_dim`` / ``max_tokens`` are counted on stderr; otherwise it makes ``pool_size`` samples with the paper's
 generator (``GeneratorConfig(max_dim=max_dim)``) into the user cache
 ``$XDG_CACHE_HOME/formers/data/ode-pool-...`` (made once, reused by later runs) and the
 validation set is ``eval_size`` samples from a disjoint seed stream (for ``family=laws``: the
@@ -137,11 +139,38 @@ class ODETask(Task):
                 if not folder.is_dir():
                     raise ValueError(f"ode task: data {folder} is not a folder of shards (make one with "
                                      f"`formers data ode --out {folder}`)")
-            samples = self._keep([s for folder in folders for s in G.iter_samples(folder)])
+            seen: dict[Path, Path] = {}
+            for folder in folders:
+                if folder.resolve() in seen:
+                    raise ValueError(f"ode task: data names the folder {folder} twice ({seen[folder.resolve()]} "
+                                     f"and {folder}): its samples would repeat and reach the held-out set")
+                seen[folder.resolve()] = folder
+            raw = [s for folder in folders for s in G.iter_samples(folder)]
+            samples = self._keep(raw)
+            self.dropped = {"samples": len(raw), "dim_over_max_dim": sum(s["dim"] > self.max_dim for s in raw),
+                            "tokens_over_max_tokens": sum(len(s["tokens"]) > self.max_tokens
+                                                          and s["dim"] <= self.max_dim for s in raw)}
             if len(samples) <= eval_size:
                 raise ValueError(f"ode task: {data} has {len(samples)} samples with dim <= {self.max_dim} "
                                  f"and at most {self.max_tokens} tokens; need more than eval_size = {eval_size}")
-            return samples[:-eval_size], samples[-eval_size:]  # the last shard's tail is held out
+            pool, val = samples[:-eval_size], samples[-eval_size:]  # the last shard's tail is held out
+            key = lambda s: json.dumps([s["tokens"], s["x"][0].tolist()])  # noqa: E731
+            train_keys = {key(s) for s in pool}
+            leaked = sum(key(s) in train_keys for s in val)
+            if leaked:
+                raise ValueError(f"ode task: {leaked} of the {len(val)} held-out samples (the tail of {folders[-1]}) "
+                                 f"also appear among the training samples: folders {[str(f) for f in folders]} "
+                                 f"hold the same systems (made with the same --seed and shard indices?); "
+                                 f"make the data with distinct `formers data ode --seed` values")
+            if self.dropped["dim_over_max_dim"] or self.dropped["tokens_over_max_tokens"]:
+                import sys
+
+                print(f"formers: ode task: training on {len(samples)} of the {len(raw)} samples in {data}: "
+                      f"{self.dropped['dim_over_max_dim']} have dimension > max_dim = {self.max_dim} (--opt "
+                      f"max_dim=N keeps them, up to the model's max_dimension), "
+                      f"{self.dropped['tokens_over_max_tokens']} more than max_tokens = {self.max_tokens} "
+                      f"prefix tokens", file=sys.stderr)
+            return pool, val
         else:
             folder = _pool_dir(family, self.max_dim, pool_size, self.seed)
             G.generate_dataset(folder, pool_size, cfg, seed=self.seed, shard_size=min(pool_size, 256),
