@@ -89,21 +89,67 @@ def test_cli_fit_writes_files(memorised, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("rows,match", [
-    ("t,x\n0,1\n1,nan\n2,3\n", "NaN"),
+    ("t,x\n0,1\n1,nan\n2,3\n", "line 3, column 2 ('x'): 'nan' is not a finite number"),
     ("t,x\n0,1\n2,2\n1,3\n", "strictly increasing"),
     ("t,x\n0,1\n", "at least 2"),
     ("t,a,b\n0,1,1\n1,2,2\n2,3,3\n", "max_dimension = 1"),
     ("t,x\n0,1\n1,abc\n", "not a number"),
     ("t\n0\n1\n", "state column"),
+    ("t,x\n0,1\n1,\n2,3\n", "line 3, column 2 ('x'): the cell is empty"),
+    ("t,x\n0,1\n1,1e400\n", "line 3, column 2 ('x'): '1e400' is not a finite number"),
+    ("t,x\n0,1\n1,2\n1,3\n", "line 4: time must be strictly increasing; t = 1 follows 1 on line 3"),
+    ("t,x\n", "0 point(s)"),
+    ("t;x\n0;1\n1;2\n", "separated by semicolons"),
+    ("t\tx\n0\t1\n1\t2\n", "separated by tabs"),
+    ("\ufefft,x\n0,1\n1,nan\n", "line 3, column 2 ('x')"),  # a byte-order mark is not part of the name
+    (b"\xff\xfe\x00t", "is not UTF-8 text"),
 ])
 def test_cli_bad_input_is_a_clear_error_before_work(memorised, tmp_path, capsys, rows, match, monkeypatch):
     _, folder = memorised
     csv = tmp_path / "bad.csv"
-    csv.write_text(rows)
+    if isinstance(rows, bytes):
+        csv.write_bytes(rows)
+    else:
+        csv.write_text(rows, encoding="utf-8")
     monkeypatch.setattr(predict, "fit_system", lambda *a, **k: pytest.fail("decoding started"))
     assert main(["ode", "fit", str(csv), "--model", str(folder), "--out", str(tmp_path / "o")]) == 2
-    assert match in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert match in err and str(csv) in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_bom_header_reads_as_plain_names(tmp_path):
+    csv = tmp_path / "bom.csv"
+    csv.write_bytes("\ufefftime,pop\n0,1\n1,2\n".encode("utf-8"))
+    t, x, names = fitmod.read_trajectory(csv)
+    assert names == ["time", "pop"] and t.tolist() == [0, 1] and x[:, 0].tolist() == [1, 2]
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        fitmod.read_trajectory(tmp_path)
+
+
+def test_more_columns_than_the_run_was_trained_on_is_refused(memorised, tmp_path, capsys, monkeypatch):
+    """A laws run (task max_dim 1) keeps a model of max_dimension 2: a 2-D trajectory must not
+    reach it (it never saw a 2-D system), whether --model names the run or its ckpt/ folder."""
+    import shutil
+
+    import yaml
+
+    _, folder = memorised
+    run = tmp_path / "run"
+    shutil.copytree(folder, run / "ckpt")
+    cfg = json.loads((run / "ckpt" / "config.json").read_text())
+    cfg.update(max_dimension=2, vocab_size=tokens.output_vocab_size(2))
+    (run / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": {"task": "ode", "options": {"max_dim": 1}}}))
+    csv = tmp_path / "lv.csv"
+    csv.write_text("t,prey,pred\n0,1,1\n1,2,1\n2,3,2\n")
+    monkeypatch.setattr(predict, "fit_system", lambda *a, **k: pytest.fail("decoding started"))
+    for model in (run, run / "ckpt"):
+        assert main(["ode", "fit", str(csv), "--model", str(model), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert "2 state columns" in err and "dimension <= 1 (task option max_dim = 1)" in err
+        assert not (tmp_path / "o").exists()
+    assert fitmod.trained_max_dim_of(run) == 1 and fitmod.trained_max_dim_of(folder) is None
 
 
 def test_readable_equations_fold_constants_in_column_names():

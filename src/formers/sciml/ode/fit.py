@@ -2,7 +2,8 @@
 
 The CSV holds a time column (the first column) and one column per state component, with or
 without a header row. Every check (readable numbers, no NaN, at least two points, strictly
-increasing time, no more state columns than the model's ``max_dimension``) runs before the
+increasing time, no more state columns than the model's ``max_dimension`` nor than the largest
+dimension it was trained on, its run's ``max_dim``) runs before the
 model is loaded or any decoding starts. Outputs in ``--out``:
 
 * ``equations.txt``: the discovered system, one equation per component in the CSV's column names
@@ -35,14 +36,24 @@ DEFAULT_RUN = Path("runs") / "ode-odeformer-seed0"
 def read_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``(t (n,), x (n, dim), column names)`` from a CSV file (first column = time).
 
-    A first row with any non-numeric cell is a header. Raises FileNotFoundError for a missing
-    file and ValueError for an empty file, ragged rows, non-numeric cells (naming row and
-    column) or fewer than two columns. Empty cells read as NaN (and fail the later checks)."""
+    A first row with any non-numeric cell is a header (a UTF-8 byte-order mark is ignored).
+    Raises FileNotFoundError for a missing file (or a folder) and ValueError naming the file, its
+    line and column and the cell for: a file that is not UTF-8 text, an empty file, ragged rows,
+    non-numeric cells, empty / NaN / infinite cells, time that does not strictly increase, and
+    fewer than two columns (with a hint when the rows look separated by ``;``, tabs or spaces)."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"trajectory {path} is a folder; pass a CSV file")
     if not path.is_file():
         raise FileNotFoundError(f"trajectory file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); write the trajectory "
+                         f"as a comma-separated text file") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from None
     if not rows:
         raise ValueError(f"{path} is empty")
 
@@ -56,7 +67,12 @@ def read_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]
     body = rows[1:] if header else rows
     width = len(header) if header else len(rows[0])
     if width < 2:
-        raise ValueError(f"{path}: need a time column and at least one state column, got {width} column(s)")
+        sep = next((name for ch, name in ((";", "semicolons"), ("\t", "tabs"), (" ", "spaces"))
+                    if ch in rows[0][0].strip()), None)
+        hint = f" (its rows look separated by {sep}: formers reads commas)" if sep else ""
+        raise ValueError(f"{path}: need a time column and at least one state column, got {width} "
+                         f"column(s){hint}")
+    names = header or ["t"] + [f"x_{j}" for j in range(width - 1)]
     data = np.empty((len(body), width))
     for i, r in enumerate(body):
         line = i + 1 + (header is not None)
@@ -64,10 +80,16 @@ def read_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]
             raise ValueError(f"{path}: line {line} has {len(r)} cells, expected {width}")
         for j, c in enumerate(r):
             v = num(c)
+            where = f"{path}: line {line}, column {j + 1} ({names[j]!r})"
             if v is None:
-                raise ValueError(f"{path}: line {line}, column {j + 1}: {c!r} is not a number")
+                raise ValueError(f"{where}: {c!r} is not a number")
+            if not math.isfinite(v):
+                raise ValueError(f"{where}: " + (f"{c.strip()!r} is not a finite number" if c.strip()
+                                                 else "the cell is empty"))
             data[i, j] = v
-    names = header or ["t"] + [f"x_{j}" for j in range(width - 1)]
+        if i and data[i, 0] <= data[i - 1, 0]:
+            raise ValueError(f"{path}: line {line}: time must be strictly increasing; {names[0]} = "
+                             f"{data[i, 0]:g} follows {data[i - 1, 0]:g} on line {line - 1}")
     return data[:, 0], data[:, 1:], names
 
 
@@ -104,6 +126,35 @@ def max_dimension_of(run: str | Path | None) -> int | None:
                                  f"{what}): pass --model a `formers train ode` run or model folder")
             return int(cfg["max_dimension"]) or None
     return None
+
+
+def trained_max_dim_of(run: str | Path | None) -> int | None:
+    """The largest system dimension the model of ``run`` was trained on: the ``max_dim`` task
+    option in the run's ``config.yaml`` (a `formers train ode` run folder, or its ``ckpt/`` or
+    ``best/`` model folder); None when there is no such record (a bare model folder). A model
+    trained on 1-D laws (``--opt family=laws``) has ``max_dimension`` 2 but never saw a 2-D system."""
+    import yaml
+
+    folder = Path(run) if run is not None else DEFAULT_RUN
+    for cand in (folder / "config.yaml", folder.parent / "config.yaml"):
+        if cand.is_file() and (cand.parent == folder or folder.name in ("ckpt", "best")):
+            try:
+                task = (yaml.safe_load(cand.read_text()) or {}).get("task") or {}
+            except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+                return None
+            dim = (task.get("options") or {}).get("max_dim") if task.get("task") == "ode" else None
+            return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim >= 1 else None
+    return None
+
+
+def check_trained_dimension(x: np.ndarray, run: str | Path | None) -> None:
+    """ValueError when ``x (n, dim)`` has more state columns than the run's model was trained on."""
+    dim = trained_max_dim_of(run)
+    if dim is not None and x.shape[1] > dim:
+        folder = Path(run) if run is not None else DEFAULT_RUN
+        raise ValueError(f"the trajectory has {x.shape[1]} state columns; the model in {folder} was trained "
+                         f"on systems of dimension <= {dim} (task option max_dim = {dim}): train one with "
+                         f"`formers train ode --opt max_dim={x.shape[1]}` or more")
 
 
 def readable_equations(system: Any, names: list[str], digits: int = 4) -> list[str]:
@@ -169,7 +220,12 @@ def fit_csv(trajectory: str | Path, out: str | Path | None = None, run: str | Pa
 
     decode = decode or DecodeConfig()
     t, x, names = read_trajectory(trajectory)
-    check_trajectory(t, x, max_dimension_of(run))  # all input errors before loading the model
+    max_dimension = max_dimension_of(run)
+    try:  # all input errors before loading the model
+        check_trajectory(t, x, max_dimension)
+        check_trained_dimension(x, run)
+    except ValueError as e:
+        raise ValueError(f"{trajectory}: {e}") from None
     out = Path(out) if out is not None else Path("runs") / f"ode-fit-{Path(trajectory).stem}"
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a folder")
