@@ -302,7 +302,7 @@ def generate_cmd(
 
 
 def _compare_odebench(models: Optional[str], seed: int, out: Optional[Path], opt: tuple[str, ...],
-                      noise: Optional[str], subsample: Optional[str]) -> None:
+                      noise: Optional[str], subsample: Optional[str], id_list: Optional[str] = None) -> None:
     """``formers compare odebench``: symbolic-regression models on ODEBench (no training)."""
     from rich.console import Console
     from rich.markdown import Markdown
@@ -313,12 +313,15 @@ def _compare_odebench(models: Optional[str], seed: int, out: Optional[Path], opt
     settings = one_at_a_time(parse_floats(noise or "0", "--noise"), parse_floats(subsample, "--subsample"))
     names = [m.strip() for m in (models or "sindy,gplearn").split(",") if m.strip()]
     ids: list[int] = []
-    for item in [o for o in opt if o.partition("=")[0].strip() == "ids"]:
-        text = item.partition("=")[2]
+    given = [("--opt ids", o.partition("=")[2]) for o in opt if o.partition("=")[0].strip() == "ids"]
+    for flag, text in given + ([("--ids", id_list)] if id_list is not None else []):
         try:
-            ids += [int(v) for v in text.split(",") if v.strip()]
+            these = [int(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise ValueError(f"--opt ids: expected comma-separated ODEBench ids (1..63), got {text!r}") from None
+            raise ValueError(f"{flag}: expected comma-separated ODEBench ids (1..63), got {text!r}") from None
+        if not these:  # an empty list would silently run all 63 systems
+            raise ValueError(f"{flag}: expected comma-separated ODEBench ids (1..63), got {text!r}")
+        ids += these
     c = Console(stderr=True)
     result = compare_odebench(names, settings, out or Path("runs") / "compare-odebench", seed=seed, ids=ids,
                               options=parse_model_options([o for o in opt if o.partition("=")[0].strip() != "ids"]),
@@ -340,6 +343,7 @@ def compare_cmd(
     noise: Optional[str] = None,
     subsample: Optional[str] = None,
     horizons: Optional[str] = None,
+    ids: Optional[str] = None,
 ) -> None:
     """Train each model on TASK with the same data, seeds and evaluation, each with its own
     training recipe where the task declares one (flags override it for every model); print and
@@ -354,14 +358,16 @@ def compare_cmd(
             their last checkpoint and refuses changed settings.
         noise / subsample (task odebench): comma-separated noise levels and fractions of
             points dropped, varied one at a time; models odeformer, sindy, gplearn;
-            --opt model.option=value (e.g. odeformer.model=RUN), --opt ids=1,5,7 for a subset
-            of the 63 systems; results in OUT (default
+            --opt model.option=value (e.g. odeformer.model=RUN), --ids 1,5,7 (or --opt ids=1,5,7)
+            for a subset of the 63 systems; results in OUT (default
             runs/compare-odebench)/odebench-MODELS.json/.md (formers.sciml.ode.compare).
         horizons: comma-separated horizons (tasks with a ``horizon`` option only): one comparison
             per horizon in OUT/hH, and one table over all of them (OUT/compare-horizons.md/.json).
     """
     if task == "odebench":
-        return _compare_odebench(models, flags.seed or 0, out, opt, noise, subsample)
+        return _compare_odebench(models, flags.seed or 0, out, opt, noise, subsample, ids)
+    if ids is not None:
+        raise ValueError(f"--ids selects ODEBench systems (compare odebench), not a part of task {task!r}")
     from rich.console import Console
     from rich.markdown import Markdown
 

@@ -63,3 +63,19 @@ def test_compare_odebench_on_a_subset_of_systems(tmp_path, capsys, monkeypatch):
     assert "--opt ids: expected comma-separated ODEBench ids (1..63), got '1,x'" in capsys.readouterr().err
     assert main(["compare", "odebench", "--models", "sindy", "--opt", "ids=99", "--out", str(tmp_path / "c2")]) == 2
     assert "unknown ODEBench id(s) [99]" in capsys.readouterr().err
+    # --ids is the same selection (the flag users and benchmarks/odeformer_train.py reach for)
+    assert main(["compare", "odebench", "--models", "sindy", "--ids", "1,12", "--out", str(out)]) == 0
+    assert json.loads((out / "odebench-sindy.json").read_text())["ids"] == [1, 12]
+    capsys.readouterr()
+    for bad, msg in ((["--ids", ""], "--ids: expected comma-separated ODEBench ids (1..63), got ''"),
+                     (["--opt", "ids="], "--opt ids: expected comma-separated ODEBench ids (1..63), got ''"),
+                     (["--ids", "1", "--noise", ","], "no setting to run")):
+        assert main(["compare", "odebench", "--models", "sindy", *bad, "--out", str(tmp_path / "c3")]) == 2
+        assert msg in capsys.readouterr().err
+        assert not (tmp_path / "c3").exists()
+    assert main(["compare", "sort", "--ids", "1"]) == 2
+    assert "--ids selects ODEBench systems" in capsys.readouterr().err
+    # a resumed file refuses other options for a model it holds results of (they would be mislabelled)
+    assert main(["compare", "odebench", "--models", "sindy", "--ids", "1,12", "--opt", "sindy.degree=3",
+                 "--out", str(out)]) == 2
+    assert "holds sindy results made with options {}, not {'degree': 3}" in capsys.readouterr().err

@@ -16,7 +16,8 @@ with every point kept and ``subsample`` fractions run without noise: ``--noise 0
 Results: ``OUT/odebench-NAME.json`` (settings, environment, per (model, setting): the summary by
 dimension and the per-system records) and ``OUT/odebench-NAME.md`` (the table), both written
 atomically after every finished (model, setting), so a long comparison can be split over several
-calls: a re-run skips the pairs already in the file (same seed and systems) and adds the rest.
+calls: a re-run skips the pairs already in the file (same seed, systems and model options; other
+ones are refused) and adds the rest.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def one_at_a_time(noise: Sequence[float] = (0.0,), subsample: Sequence[float] = 
         if p not in seen:
             seen.add(p)
             unique.append(p)
+    if not unique:
+        raise ValueError(f"no setting to run: --noise {list(noise)} and --subsample {list(subsample)} are both "
+                         f"empty; give e.g. --noise 0,0.05")
     for n, s in unique:
         BenchmarkConfig(noise=n, subsample=s)  # validates before any work
     return unique
@@ -106,8 +110,8 @@ def compare_odebench(models: Sequence[str] | dict[str, FitFn], settings: Sequenc
     module docstring). ``models``: names for :func:`make_fit` or a dict name -> fit callable.
 
     Raises:
-        ValueError: unknown model/option, bad setting, or a result file made with another seed or
-            other systems (before any work).
+        ValueError: unknown model/option, bad setting, or a result file made with another seed,
+            other systems or other options for a model it holds results of (before any work).
     """
     from formers.atomic import write_json, write_text
     from formers.info import system_info
@@ -127,12 +131,16 @@ def compare_odebench(models: Sequence[str] | dict[str, FitFn], settings: Sequenc
         old = json.loads(path.read_text())
         if old.get("seed") != seed or old.get("ids") != sys_ids:
             raise ValueError(f"{path} holds results for another seed ({old.get('seed')}) or other systems; "
-                             f"write to another folder (--out) or name (benchmarks/odebench.py --name), "
-                             f"or delete it")
+                             f"write to another folder (--out) or name, or delete it")
         result = old
     done = {(r["model"], r["noise"], r["subsample"]) for r in result["results"]}
+    before, now = result.get("options") or {}, options or {}
+    for m in fits:  # a resumed file must not mix (or mislabel) results of other model options
+        if any(r["model"] == m for r in result["results"]) and (before.get(m) or {}) != (now.get(m) or {}):
+            raise ValueError(f"{path} holds {m} results made with options {before.get(m) or {}}, not "
+                             f"{now.get(m) or {}}; write to another folder (--out) or name, or delete it")
     result["system"] = system_info()
-    result["options"] = {k: v for k, v in (options or {}).items()}
+    result["options"] = {**before, **{k: v for k, v in now.items()}}
     for noise, sub in settings:
         for m, fit in fits.items():
             if (m, noise, sub) in done:
