@@ -113,7 +113,13 @@ def bench(args) -> dict:
     settings = parse_settings(args.settings)
     name = args.name or ("odeformer-smoke" if args.smoke
                          else f"{args.variant}-{'cpu' if args.device == 'cpu' else 'cuda'}")
-    models = args.models.split(",")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models or len(set(models)) != len(models):
+        raise ValueError(f"--models: expected distinct comma-separated names (odeformer, sindy, gplearn), "
+                         f"got {args.models!r}")
+    if "odeformer" in models and not Path(args.run).exists():
+        raise FileNotFoundError(f"--run {args.run}: no trained model there; run the train phase first or "
+                                f"pass --run RUN_DIR --variant VARIANT (or leave odeformer out of --models)")
     options = {**parse_model_options(args.opt), "odeformer": odeformer}
     label = {m: args.variant if m == "odeformer" else m for m in models}  # rows name the trained variant
     fits = {label[m]: make_fit(m, options.get(m)) for m in models}
@@ -146,9 +152,24 @@ def merge(args) -> dict:
     from formers.sciml.ode.compare import table_markdown
     from formers.sciml.ode.odebench import summarize
 
-    parts = [json.loads(Path(f).read_text()) for f in args.inputs]
+    parts = []
+    for f in args.inputs:
+        try:
+            parts.append(json.loads(Path(f).read_text()))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"merge: cannot read --inputs {f}: {e}") from None
     if not parts or any(p["seed"] != parts[0]["seed"] for p in parts):
-        raise SystemExit(f"merge: need --inputs from bench runs with one seed, got {args.inputs}")
+        raise SystemExit(f"merge: need --inputs from bench runs with one seed, got {args.inputs} "
+                         f"(seeds {[p['seed'] for p in parts]})")
+    options: dict[str, tuple[str, dict]] = {}  # one model name = one set of options in every part
+    for f, p in zip(args.inputs, parts):
+        for m, o in (p.get("options") or {}).items():
+            if m in options and options[m][1] != o and any(r["model"] == m for r in p["results"]):
+                raise SystemExit(f"merge: model {m!r} ran with options {options[m][1]} in {options[m][0]} but "
+                                 f"{o} in {f}; its rows would pool two different models (bench --name / "
+                                 f"--variant keep them apart)")
+            if any(r["model"] == m for r in p["results"]):
+                options.setdefault(m, (f, o))
     ids = sorted({i for p in parts for i in p["ids"]})
     groups: dict[tuple, dict] = {}
     for p in parts:
@@ -162,14 +183,16 @@ def merge(args) -> dict:
         got = [rec["id"] for rec in g["records"]]
         missing, twice = sorted(set(ids) - set(got)), sorted({i for i in got if got.count(i) > 1})
         if missing or twice:
-            raise SystemExit(f"merge: {key} lacks systems {missing} / has systems {twice} more than once")
+            raise SystemExit(f"merge: {key[0]} at noise {key[1]}, dropped {key[2]}: "
+                             + "; ".join(([f"lacks systems {missing} that other parts cover"] if missing else [])
+                                         + ([f"has systems {twice} in more than one part"] if twice else [])))
         g["records"].sort(key=lambda rec: rec["id"])
         g["summary"] = summarize(g["records"])
     out = {"benchmark": parts[0]["benchmark"], "seed": parts[0]["seed"], "ids": ids,
            "results": [{k: g[k] for k in ("model", "noise", "subsample", "seconds", "summary", "records")}
                        for g in sorted(groups.values(), key=lambda g: (g["subsample"], g["noise"]))],
            "system": parts[0].get("system"),
-           "options": {k: v for p in parts for k, v in (p.get("options") or {}).items()},
+           "options": {m: o for m, (_, o) in options.items()},
            "merged_from": [Path(f).name for f in args.inputs], "commit": args.commit}
     path = Path(args.results) / f"odebench-{args.name}.json"
     write_json(path, out)
@@ -237,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         args.max_len = 100
         args.results = smoke
     for phase in (["gen", "train", "bench"] if args.phase == "all" else [args.phase]):
-        {"gen": gen, "train": train, "bench": bench, "merge": merge}[phase](args)
+        try:
+            {"gen": gen, "train": train, "bench": bench, "merge": merge}[phase](args)
+        except (ValueError, FileNotFoundError) as e:  # bad input: one line, as the formers CLI does
+            print(f"odeformer_train.py {phase}: error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 
