@@ -182,6 +182,15 @@ def train_cmd(
     cfg_file = _read_yaml(config)
     seed = flags.seed if flags.seed is not None else cfg_file.get("train", {}).get("seed", 0)
     model = model or get("task", task).obj.default_models[0]
+    init = getattr(flags, "init_from", None) or cfg_file.get("train", {}).get("init_from")
+    if init is not None and not resume:  # before the task reads or generates its data
+        from formers.train.checkpoint import STATE_FILE, find_checkpoint
+
+        p = Path(init)
+        if not ((p / STATE_FILE).is_file() or (p / "model.safetensors").is_file()
+                or (p.is_dir() and find_checkpoint(p) is not None)):
+            raise FileNotFoundError(f"--init-from {init}: no checkpoint there; pass a `formers train` run "
+                                    f"folder or its ckpt/ folder")
     t = make_task_for(task, seed, _task_options(cfg_file, data, opt), model)
     mcfg = configure_model(t, model, {**cfg_file.get("model", {}), **_pairs(set, "--set")})
     tcfg = _train_config(t, flags, cfg_file.get("train", {}), model)

@@ -79,3 +79,16 @@ def test_compare_odebench_on_a_subset_of_systems(tmp_path, capsys, monkeypatch):
     assert main(["compare", "odebench", "--models", "sindy", "--ids", "1,12", "--opt", "sindy.degree=3",
                  "--out", str(out)]) == 2
     assert "holds sindy results made with options {}, not {'degree': 3}" in capsys.readouterr().err
+
+
+def test_init_from_a_missing_run_is_refused_before_the_data(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    import formers.train.task as T
+
+    monkeypatch.setattr(T, "make_task_for", lambda *a, **k: pytest.fail("the task was built"))
+    for bad in (tmp_path / "none", tmp_path):  # missing, and a folder without a checkpoint
+        assert main(["train", "ode", "--model", "odeformer-tiny", "--init-from", str(bad),
+                     "--out", str(tmp_path / "run")]) == 2
+        assert f"--init-from {bad}: no checkpoint there" in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
