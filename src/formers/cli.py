@@ -794,7 +794,7 @@ def ode_cmd(
     beam_size: int = 10,
     temperature: float = 0.1,
     refine: bool = False,
-    no_rescale: bool = False,
+    rescale: bool = True,
     seed: int = 0,
     device: str = "cpu",
 ) -> None:
@@ -808,7 +808,7 @@ def ode_cmd(
         method / beam_size / temperature: sampling (paper README: 50 samples at 0.1) or beam
             search; every parsed candidate is integrated and the best R² kept.
         refine: BFGS refinement of the constants (an extra; scipy).
-        no_rescale: skip the paper's time/state rescaling.
+        rescale: the paper's time/state rescaling before encoding (--no-rescale skips it).
     """
     from formers.sciml.ode.fit import fit_csv
     from formers.sciml.ode.predict import DecodeConfig
@@ -817,7 +817,7 @@ def ode_cmd(
     _load_all()
     dev = resolve_device(device)
     decode = DecodeConfig(method=method, beam_size=beam_size, temperature=temperature, refine=refine,
-                          rescale=not no_rescale, seed=seed)
+                          rescale=rescale, seed=seed)
     rec = fit_csv(trajectory, out, model, decode, device=dev)
     names = rec["variables"]
     print("\n".join(rec["readable"]))

@@ -193,3 +193,20 @@ def test_bfgs_refinement_recovers_an_off_constant():
     (c,) = [n.value for n in [refined[0].children[0]] if n.op == "const"]
     assert c == pytest.approx(-0.5, abs=1e-3)
     assert predict.refine_constants(expr.parse("x_0"), t, x) == expr.parse("x_0")  # no constants
+
+
+def test_no_rescale_flag_reaches_the_decoder(memorised, tmp_path, monkeypatch):
+    _, folder = memorised
+    csv = tmp_path / "ok.csv"
+    csv.write_text("t,x\n0,1\n1,2\n2,4\n")
+    seen = []
+
+    def stop(model, t, x, cfg):
+        seen.append(cfg.rescale)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(predict, "fit_system", stop)
+    for flags, want in (([], True), (["--no-rescale"], False), (["--rescale"], True)):
+        assert main(["ode", "fit", str(csv), "--model", str(folder), "--out", str(tmp_path / "o"), *flags]) == 2
+        assert seen[-1] is want
+
