@@ -2,6 +2,7 @@
 2310.05573, section 3 and the reference ``envs/generators.py``)."""
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -118,3 +119,14 @@ def test_corrupt_noise_and_subsampling():
 def test_config_validation_names_the_field(bad):
     with pytest.raises(ValueError, match=list(bad)[0].split("_")[0]):
         G.GeneratorConfig(**bad)
+
+
+@pytest.mark.parametrize("bad,msg", [(dict(max_dim="abc"), "GeneratorConfig.max_dim='abc' (str): must be an int"),
+                                     (dict(max_points=2.5), "GeneratorConfig.max_points=2.5 (float): must be an int"),
+                                     (dict(rtol=True), "GeneratorConfig.rtol=True (bool): must be a number"),
+                                     (dict(method=3), "GeneratorConfig.method=3 (int): must be a string")])
+def test_config_types_are_checked_with_the_field_named(bad, msg):
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        G.GeneratorConfig(**bad)
+    assert G.GeneratorConfig(const_max=20).const_max == 20  # an int where a float is expected is fine
+

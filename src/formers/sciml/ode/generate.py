@@ -50,7 +50,7 @@ import json
 import math
 import multiprocessing
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -123,7 +123,14 @@ class GeneratorConfig:
             if not ok:
                 raise ValueError(f"GeneratorConfig.{name}={getattr(self, name)!r}: must be {allowed}")
 
-        need(1 <= self.min_dim <= self.max_dim, "min_dim", "1 <= min_dim <= max_dim")
+        for f in fields(self):  # types first: --opt values arrive as YAML scalars
+            v, kind = getattr(self, f.name), type(f.default)
+            ok = (isinstance(v, str) if kind is str else not isinstance(v, bool) and
+                  isinstance(v, int if kind is int else (int, float)))
+            if not ok:
+                raise ValueError(f"GeneratorConfig.{f.name}={v!r} ({type(v).__name__}): must be "
+                                 f"{'a string' if kind is str else 'an int' if kind is int else 'a number'}")
+        need(1 <= self.min_dim <= self.max_dim, "min_dim", f"1 <= min_dim <= max_dim (max_dim={self.max_dim})")
         need(self.max_dim <= 10, "max_dim", "<= 10")
         need(1 <= self.min_binary <= self.max_binary, "min_binary", "1 <= min_binary <= max_binary")
         need(0 <= self.min_unary <= self.max_unary, "min_unary", "0 <= min_unary <= max_unary")
