@@ -163,6 +163,18 @@ def test_readable_equations_fold_constants_in_column_names():
     assert fitmod.readable_equations(expr.parse("0.123456*x_0"), ["t", "x"]) == ["dx/dt = 0.1235*x"]
 
 
+def test_readable_equations_never_merge_two_variables_into_one_name():
+    lv = expr.parse("0.5*x_0*x_1 | -x_1")
+    # a repeated column name (or a state named like the time column) would turn x_0*x_1 into x**2
+    assert fitmod.readable_equations(lv, ["t", "x", "x"]) == ["dx_0/dt = 0.5*x_0*x_1", "dx_1/dt = -1.0*x_1"]
+    assert fitmod.readable_equations(expr.parse("0.5*t*x_0"), ["t", "t"]) == ["dx_0/dt = 0.5*t*x_0"]
+    assert fitmod.readable_equations(lv, ["t", "", "y"])[0] == "dx_0/dt = 0.5*x_0*x_1"
+    # names that are not identifiers are bracketed, so "x (m)" does not read as a product
+    assert fitmod.readable_equations(lv, ["time (s)", "x (m)", "y"]) == ["d[x (m)]/dt = 0.5*[x (m)]*y",
+                                                                        "dy/dt = -1.0*y"]
+    assert fitmod.readable_equations(lv, ["t", "x_1", "x_0"]) == ["dx_1/dt = 0.5*x_0*x_1", "dx_0/dt = -1.0*x_0"]
+
+
 def test_model_of_another_family_or_out_file_is_a_clear_error(memorised, tmp_path, capsys, monkeypatch):
     _, folder = memorised
     csv = tmp_path / "ok.csv"

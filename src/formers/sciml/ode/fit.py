@@ -161,8 +161,11 @@ def readable_equations(system: Any, names: list[str], digits: int = 4) -> list[s
     """``d<state>/dt = ...`` per component in the CSV's column names (``names``: time first, then
     one per state), after sympy's automatic simplification (constants folded, like terms
     collected) with ``digits`` significant digits; e.g. ``x_0' = (0.5 * (2 * x_0))`` with names
-    ``["t", "pop"]`` reads ``dpop/dt = pop``. Falls back to :func:`expr.to_str`'s line for a
-    component sympy cannot convert."""
+    ``["t", "pop"]`` reads ``dpop/dt = pop``. A name that is not an identifier shows in brackets
+    (``d[x (m)]/dt``); names that repeat or are empty (``t,x,x``, or a state named like the time
+    column) would merge different variables into one symbol, so then the model's own names
+    ``t, x_0, x_1, ...`` are kept. Falls back to :func:`expr.to_str`'s line for a component sympy
+    cannot convert."""
     import sympy as sp
 
     raw = expr.to_str(system).splitlines()
@@ -172,14 +175,19 @@ def readable_equations(system: Any, names: list[str], digits: int = 4) -> list[s
         return raw
     dim = len(exprs)
     xs, t = expr._symbols(dim)
-    subs = {xs[j]: sp.Symbol(names[j + 1]) for j in range(dim) if j + 1 < len(names)}
-    subs[t] = sp.Symbol(names[0])
+    shown = [str(n).strip() for n in (names[:1] or ["t"])]
+    shown += [str(names[j + 1]).strip() if j + 1 < len(names) else f"x_{j}" for j in range(dim)]
+    if any(not n for n in shown) or len(set(shown)) < len(shown):
+        shown = ["t"] + [f"x_{j}" for j in range(dim)]
+    shown = [n if n.isidentifier() else f"[{n}]" for n in shown]
+    subs = {xs[j]: sp.Symbol(shown[j + 1]) for j in range(dim)}
+    subs[t] = sp.Symbol(shown[0])
     lines = []
     for j, e in enumerate(exprs):
         try:
             e = e.xreplace(subs)
             e = e.xreplace({f: sp.Float(f, digits) for f in e.atoms(sp.Float)})
-            lines.append(f"d{names[j + 1] if j + 1 < len(names) else f'x_{j}'}/dt = {sp.sstr(e)}")
+            lines.append(f"d{shown[j + 1]}/dt = {sp.sstr(e)}")
         except (ValueError, TypeError, ArithmeticError):
             lines.append(raw[j])
     return lines
