@@ -319,9 +319,19 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"checkpoint file {path} is corrupt: {e}") from None
 
 
-def _config_diff(a: dict, b: dict) -> list[str]:
+def _config_diff(a: dict, b: dict, limit: int = 8) -> list[str]:
+    """The fields where ``a`` (checkpoint) and ``b`` (now) differ, at most ``limit`` of them; led
+    by "another kind of model" when each has fields the other lacks (say an LM checkpoint passed
+    to an ODEFormer run), which would otherwise list every field of both."""
     keys = sorted(set(a) | set(b))
-    return [f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    diff = [f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    head = []
+    if set(a) - set(b) and set(b) - set(a):
+        def kind(d: dict) -> str:
+            return repr(d.get("model") or d.get("arch") or d.get("kind") or "?")
+
+        head = [f"another kind of model ({kind(a)} in the checkpoint, {kind(b)} now)"]
+    return head + diff[:limit] + ([f"... and {len(diff) - limit} more"] if len(diff) > limit else [])
 
 
 def check_model_config(folder: str | Path, cfg: ModelConfig) -> None:
