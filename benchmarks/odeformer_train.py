@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commit", default=None, help="merge: the commit the parts ran at (recorded)")
     p.add_argument("--opt", nargs="*", default=[],
                    help="bench: baseline options, e.g. gplearn.generations=20 (odeformer's come from the flags)")
-    p.add_argument("--ids", type=int, nargs="*", default=[])
+    p.add_argument("--ids", type=int, nargs="+", default=[],
+                   help="ODEBench ids (1..63) to run (default all; an empty --ids is an error)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--quiet", action="store_true")

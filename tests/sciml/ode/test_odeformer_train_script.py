@@ -61,3 +61,7 @@ def test_bench_without_a_trained_run_is_one_line(tmp_path, capsys):
     assert err.startswith("odeformer_train.py bench: error: --run ") and len(err.strip().splitlines()) == 1
     assert script.main(["bench", "--models", "sindy,sindy", "--results", str(tmp_path)]) == 2
     assert "distinct" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an empty --ids would silently run all 63 systems
+        script.main(["bench", "--models", "sindy", "--ids", "--results", str(tmp_path)])
+    assert "--ids: expected at least one argument" in capsys.readouterr().err
+
