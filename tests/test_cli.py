@@ -183,3 +183,20 @@ def test_set_depth_refused_for_a_preset_with_a_layer_pattern(tmp_path, capsys):
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "built its per-layer pattern" in err and "--opt" in err
+
+
+def test_every_training_flag_has_its_help(capsys):
+    """Each TrainConfig field has an ``Attributes:`` entry, shown as its flag's help."""
+    import dataclasses
+
+    from formers.cli import _field_help
+    from formers.train.config import TrainConfig
+
+    helps = _field_help()
+    assert {f.name for f in dataclasses.fields(TrainConfig)} == set(helps)
+    assert all(helps.values()) and not any("``" in h or ":func:" in h for h in helps.values())
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "--init-from" in out and "a run or checkpoint folder whose model weights" in out
+    assert "(default: the task's)" in out

@@ -31,16 +31,29 @@ def _load_all() -> None:
     import formers.timeseries  # noqa: F401
 
 
+def _field_help() -> dict[str, str]:
+    """TrainConfig's ``Attributes:`` entries as one-line flag help (reST roles and quotes dropped)."""
+    import re
+
+    import docstring_parser
+
+    doc = docstring_parser.parse(TrainConfig.__doc__ or "")
+    plain = lambda text: re.sub(r":\w+:`([^`]*)`", r"\1", " ".join(text.split())).replace("``", "")  # noqa: E731
+    return {p.arg_name: plain(p.description or "") for p in doc.params}
+
+
 def _flags_class() -> type:
-    """TrainConfig's fields as optional flags (None = the task's default)."""
+    """TrainConfig's fields as optional flags (None = the task's default), each with its help."""
     hints = typing.get_type_hints(TrainConfig)
+    helps = _field_help()
     fields = []
     for f in dataclasses.fields(TrainConfig):
         tp = hints[f.name]
+        text = helps.get(f.name, "")
         if tp is bool:
-            fields.append((f.name, bool, dataclasses.field(default=False)))
+            fields.append((f.name, Annotated[bool, tyro.conf.arg(help=text)], dataclasses.field(default=False)))
         else:
-            fields.append((f.name, Annotated[Optional[tp], tyro.conf.arg(help="default: the task's")],
+            fields.append((f.name, Annotated[Optional[tp], tyro.conf.arg(help=text, help_behavior_hint="(default: the task's)")],
                            dataclasses.field(default=None)))
     return dataclasses.make_dataclass("TrainFlags", fields)
 

@@ -10,43 +10,60 @@ from formers.config import Config, check_choice, check_positive
 
 @dataclass
 class TrainConfig(Config):
-    """How to train.
+    """How to train. Every field is also a ``formers train`` / ``compare`` flag (``--max-steps``,
+    ...), whose help is the field's entry below.
 
-    max_steps: optimiser steps. batch_size: sequences per micro-batch (global, over all ranks).
-    grad_accum: micro-batches per step. lr: peak learning rate. schedule
-    (:func:`formers.train.schedule.lr_at`): ``cosine`` (default): warmup_steps of linear warm-up,
-    then cosine decay to lr * min_lr_ratio at max_steps; ``one_cycle``: torch's ``OneCycleLR``
-    (cosine annealing, ``div_factor`` 25): cosine rise from lr / 25 over warmup_steps, then cosine
-    fall to lr * min_lr_ratio at max_steps; ``step``: lr for the first warmup_steps (no ramp), then
-    multiplied by lr_gamma every lr_step_every steps (the per-epoch ``lradj`` rules of the
-    long-horizon forecasting code: lr_step_every = steps per epoch). weight_decay: AdamW decay
-    for matrices (embeddings and weights of linear layers); biases, norms and other 1-D/0-D
-    parameters get none (``decay_mixing_weights`` adds DenseFormer's alphas and value-residual
-    lambdas to the decayed group, as the DenseFormer reference code does). grad_clip: global-norm clip (0 = off). eval_every / eval_batches:
-    validation cadence and size. checkpoint_every: steps between checkpoints (0 = only at the end).
-    device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``. dtype: ``auto`` (bf16
-    autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``. compile: ``torch.compile`` the model.
-    sam_rho: sharpness-aware minimisation radius (:class:`formers.train.optim.SAM`, Foret et al.
-    arXiv 2010.01412) around AdamW; 0 = off (plain AdamW, one forward/backward per micro-batch).
-    early_stopping: patience in evaluations (0 = off): stop when the task's selection metric
-    (``Task.select_metric``, default ``Task.metric``) has not improved for this many evaluations,
-    and report the final metrics at the best evaluation's weights (kept in ``RUN/best/``).
-    optimizer: ``adamw`` (default; with weight_decay 0 it is Adam) or ``lbfgs``:
-    ``torch.optim.LBFGS`` with the strong-Wolfe line search (history 100), ``lbfgs_max_iter``
-    iterations per optimiser step at learning rate ``lr`` (the full-batch optimiser of PINNs; the
-    step's closure re-runs every micro-batch). L-BFGS takes no gradient clipping (grad_clip must be
-    0: its line search needs the true gradient) and no SAM.
-    parallel: how a run launched by ``torchrun`` with ``WORLD_SIZE`` > 1 spreads the model over
-    its ranks (ignored by a single process): ``ddp`` (default): every rank holds the whole model
-    (``DistributedDataParallel``); ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard`` per
-    block, then the root) shards weights, gradients and optimiser state over the ranks, for models
-    that do not fit one GPU (bf16 compute / fp32 gradient reduction when the dtype is bf16; AdamW
-    only, no SAM). Either way ``batch_size`` is the global batch, so a run may be resumed under
-    the other mode or at another world size (:mod:`formers.train.distributed`).
-    init_from: a run or checkpoint folder whose model weights start this run (the same model
-    config is required); optimiser state, step, schedule and RNG start fresh. For continuing a
-    model on other data or other settings, which ``resume`` refuses; a resumed run loads its
-    own checkpoint instead.
+    Attributes:
+        max_steps: optimiser steps.
+        batch_size: sequences per micro-batch (global, over all ranks).
+        grad_accum: micro-batches per step.
+        lr: peak learning rate.
+        min_lr_ratio: the learning rate decays to lr * min_lr_ratio (cosine, one_cycle).
+        warmup_steps: steps of warm-up (cosine: linear; one_cycle: cosine rise from lr / 25;
+            step: steps at lr before the first decay).
+        schedule: :func:`formers.train.schedule.lr_at`: ``cosine`` (default): warmup_steps of
+            linear warm-up, then cosine decay to lr * min_lr_ratio at max_steps; ``one_cycle``:
+            torch's ``OneCycleLR`` (cosine annealing, ``div_factor`` 25); ``step``: lr for the
+            first warmup_steps (no ramp), then multiplied by lr_gamma every lr_step_every steps
+            (the per-epoch ``lradj`` rules of the long-horizon forecasting code).
+        lr_gamma: the step schedule's factor, in (0, 1].
+        lr_step_every: steps between the step schedule's decays (steps per epoch).
+        weight_decay: AdamW decay for matrices (embeddings and weights of linear layers); biases,
+            norms and other 1-D/0-D parameters get none.
+        decay_mixing_weights: also decay DenseFormer's alphas and value-residual lambdas (as the
+            DenseFormer reference code does).
+        beta1: AdamW's first-moment decay.
+        beta2: AdamW's second-moment decay.
+        grad_clip: global-norm gradient clip (0 = off).
+        eval_every: steps between validations.
+        eval_batches: batches per validation.
+        checkpoint_every: steps between checkpoints (0 = only at the end).
+        seed: the run's seed (data order, initialisation).
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``.
+        dtype: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+        compile: ``torch.compile`` the model and the task's loss.
+        quiet: no progress output.
+        sam_rho: sharpness-aware minimisation radius (:class:`formers.train.optim.SAM`, Foret et
+            al. arXiv 2010.01412) around AdamW; 0 = off.
+        early_stopping: patience in evaluations (0 = off): stop when the task's selection metric
+            (``Task.select_metric``, default ``Task.metric``) has not improved for this many
+            evaluations, and report the final metrics at the best evaluation's weights (kept in
+            ``RUN/best/``).
+        optimizer: ``adamw`` (default; with weight_decay 0 it is Adam) or ``lbfgs``
+            (``torch.optim.LBFGS``, strong-Wolfe line search, history 100, lbfgs_max_iter
+            iterations per step at lr, the step's closure re-running every micro-batch: the
+            full-batch optimiser of PINNs; grad_clip must be 0, as its line search needs the true
+            gradient, and no SAM).
+        lbfgs_max_iter: L-BFGS iterations per optimiser step.
+        parallel: under ``torchrun`` with ``WORLD_SIZE`` > 1: ``ddp`` (default; every rank holds
+            the whole model) or ``fsdp`` (FSDP2 shards weights, gradients and optimiser state;
+            bf16 compute / fp32 gradient reduction under bf16; AdamW only, no SAM). batch_size is
+            the global batch either way, so a run may resume under the other mode or at another
+            world size (:mod:`formers.train.distributed`). Ignored by a single process.
+        init_from: a run or checkpoint folder whose model weights start this run (the same model
+            config is required); optimiser state, step, schedule and RNG start fresh. For
+            continuing a model on other data or settings, which a resume refuses; a resumed run
+            loads its own checkpoint instead.
     """
 
     max_steps: int = 1000
