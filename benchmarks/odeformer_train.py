@@ -50,7 +50,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "runs" / "ode-shards"
 RUN = ROOT / "runs" / "odeformer-gpu"
-SETTINGS = [(0.0, 0.0), (0.05, 0.0), (0.0, 0.5)]  # (noise, dropped fraction)
 
 
 def gen(args) -> dict:
@@ -164,12 +163,13 @@ def merge(args) -> dict:
     options: dict[str, tuple[str, dict]] = {}  # one model name = one set of options in every part
     for f, p in zip(args.inputs, parts):
         for m, o in (p.get("options") or {}).items():
-            if m in options and options[m][1] != o and any(r["model"] == m for r in p["results"]):
+            if not any(r["model"] == m for r in p["results"]):
+                continue
+            if m in options and options[m][1] != o:
                 raise SystemExit(f"merge: model {m!r} ran with options {options[m][1]} in {options[m][0]} but "
                                  f"{o} in {f}; its rows would pool two different models (bench --name / "
                                  f"--variant keep them apart)")
-            if any(r["model"] == m for r in p["results"]):
-                options.setdefault(m, (f, o))
+            options.setdefault(m, (f, o))
     ids = sorted({i for p in parts for i in p["ids"]})
     groups: dict[tuple, dict] = {}
     for p in parts:

@@ -197,11 +197,9 @@ def train_cmd(
     model = model or get("task", task).obj.default_models[0]
     init = getattr(flags, "init_from", None) or cfg_file.get("train", {}).get("init_from")
     if init is not None and not resume:  # before the task reads or generates its data
-        from formers.train.checkpoint import STATE_FILE, find_checkpoint
+        from formers.train.checkpoint import checkpoint_folder
 
-        p = Path(init)
-        if not ((p / STATE_FILE).is_file() or (p / "model.safetensors").is_file()
-                or (p.is_dir() and find_checkpoint(p) is not None)):
+        if checkpoint_folder(init) is None:
             raise FileNotFoundError(f"--init-from {init}: no checkpoint there; pass a `formers train` run "
                                     f"folder or its ckpt/ folder")
     t = make_task_for(task, seed, _task_options(cfg_file, data, opt), model)

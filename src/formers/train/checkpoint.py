@@ -308,6 +308,16 @@ def find_checkpoint(run_dir: str | Path) -> Path | None:
     return best[1] if best else None
 
 
+def checkpoint_folder(path: str | Path) -> Path | None:
+    """The checkpoint folder that ``path`` names: ``path`` itself when it holds a checkpoint or a
+    saved model (``state.json`` or ``model.safetensors``), else its run folder's
+    :func:`find_checkpoint`; None when there is none."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file() or (path / "model.safetensors").is_file():
+        return path
+    return find_checkpoint(path) if path.is_dir() else None
+
+
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -378,9 +388,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         ValueError: the checkpoint was saved for a different model config, or a file is missing,
             corrupt or does not match the model / optimiser.
     """
-    path = Path(path)
-    folder = path if (path / STATE_FILE).is_file() or (path / "model.safetensors").is_file() \
-        else find_checkpoint(path)
+    folder = checkpoint_folder(path)
     if folder is None:
         raise FileNotFoundError(f"no checkpoint found in {path}")
     state = verify_checkpoint(folder)

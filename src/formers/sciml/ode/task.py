@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +148,6 @@ class ODETask(Task):
                 seen[folder.resolve()] = folder
             raw = [s for folder in folders for s in G.iter_samples(folder)]
             samples = self._keep(raw)
-            self.dropped = {"samples": len(raw), "dim_over_max_dim": sum(s["dim"] > self.max_dim for s in raw),
-                            "tokens_over_max_tokens": sum(len(s["tokens"]) > self.max_tokens
-                                                          and s["dim"] <= self.max_dim for s in raw)}
             if len(samples) <= eval_size:
                 raise ValueError(f"ode task: {data} has {len(samples)} samples with dim <= {self.max_dim} "
                                  f"and at most {self.max_tokens} tokens; need more than eval_size = {eval_size}")
@@ -162,13 +160,12 @@ class ODETask(Task):
                                  f"also appear among the training samples: folders {[str(f) for f in folders]} "
                                  f"hold the same systems (made with the same --seed and shard indices?); "
                                  f"make the data with distinct `formers data ode --seed` values")
-            if self.dropped["dim_over_max_dim"] or self.dropped["tokens_over_max_tokens"]:
-                import sys
-
+            if len(samples) < len(raw):  # what _keep dropped: too high a dimension, else too long
+                too_high = sum(s["dim"] > self.max_dim for s in raw)
                 print(f"formers: ode task: training on {len(samples)} of the {len(raw)} samples in {data}: "
-                      f"{self.dropped['dim_over_max_dim']} have dimension > max_dim = {self.max_dim} (--opt "
+                      f"{too_high} have dimension > max_dim = {self.max_dim} (--opt "
                       f"max_dim=N keeps them, up to the model's max_dimension), "
-                      f"{self.dropped['tokens_over_max_tokens']} more than max_tokens = {self.max_tokens} "
+                      f"{len(raw) - len(samples) - too_high} more than max_tokens = {self.max_tokens} "
                       f"prefix tokens", file=sys.stderr)
             return pool, val
         else:
